@@ -1,0 +1,218 @@
+"""LoRA adapters on the frozen base: attach, read/write in mlx-lm's format, convert to/from PEFT.
+
+mlx-lm's format is what `mlx_lm.generate --adapter-path` and `mlx_lm.fuse` read: adapters.safetensors
+(only `lora_a`/`lora_b` tensors) + adapter_config.json {fine_tune_type, num_layers, lora_parameters
+{rank, scale, dropout, keys}}. mlx-lm's `scale` is the multiplier itself, PEFT's lora_alpha / r.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .errors import UserError
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapters.safetensors"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.1
+    keys: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
+    num_layers: int = -1  # the last N transformer blocks; -1 = all
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def mlx_lm_parameters(self) -> dict:
+        return {"rank": self.rank, "scale": self.scale, "dropout": self.dropout, "keys": list(self.keys)}
+
+
+def attach(model: nn.Module, cfg: LoraConfig, seed: int = 0) -> nn.Module:
+    """Wrap the target linears in LoRALinear: the standard start (A uniform, B = 0, so the model
+    equals the base). Only the LoRA tensors are trainable afterwards."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    if cfg.rank < 1:
+        raise UserError(f"--rank must be >= 1 (got {cfg.rank})")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1) (got {cfg.dropout})")
+    n_layers = len(model.layers)
+    if cfg.num_layers == 0 or cfg.num_layers > n_layers or cfg.num_layers < -1:
+        raise UserError(f"--lora-layers {cfg.num_layers}: the model has {n_layers} layers (-1 = all)")
+    available = {name for name, m in model.layers[0].named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))}
+    missing = [k for k in cfg.keys if k not in available]
+    if missing:
+        raise UserError(f"LoRA keys {missing} match no layer; available: {', '.join(sorted(available))}")
+    model.freeze()
+    mx.random.seed(seed)
+    linear_to_lora_layers(model, cfg.num_layers, cfg.mlx_lm_parameters())
+    return model
+
+
+def num_layers(model: nn.Module, cfg: LoraConfig) -> int:
+    return len(model.layers) if cfg.num_layers == -1 else cfg.num_layers
+
+
+def get(model: nn.Module) -> dict:
+    """The adapter tensors as a flat {name: array} dict (the trainable parameters)."""
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def set(model: nn.Module, weights: dict) -> None:  # noqa: A001 -- mirrors get()
+    model.update(tree_unflatten(list(weights.items())))
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, extra: dict | None = None) -> Path:
+    """Write adapters in mlx-lm's format; `extra` keys go into adapter_config.json (mlx-lm ignores them)."""
+    if not weights:
+        raise ValueError("no adapter tensors to save")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"fine_tune_type": "lora", "num_layers": n_layers,
+              "lora_parameters": cfg.mlx_lm_parameters(), "lora_alpha": cfg.alpha, **(extra or {})}
+    _atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, weights))
+    _atomic_write(out / CONFIG, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+    return out
+
+
+def save(model: nn.Module, cfg: LoraConfig, out_dir: str | Path, extra: dict | None = None) -> Path:
+    return write(out_dir, get(model), cfg, num_layers(model, cfg), extra)
+
+
+def read_config(path: str | Path) -> LoraConfig:
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"adapters {path}: no such folder")
+    if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
+        if (path / PEFT_WEIGHTS).exists():
+            raise UserError(f"adapters {path} are in PEFT's format: convert them with "
+                            f"`mlx-reptilora import-peft {path} OUT_DIR`")
+        raise UserError(f"adapters {path}: neither mlx-lm adapters ({CONFIG} + {WEIGHTS}) nor ours")
+    try:
+        raw = json.loads((path / CONFIG).read_text())
+        if raw.get("fine_tune_type", "lora") != "lora":
+            raise UserError(f"adapters {path}: fine_tune_type {raw['fine_tune_type']!r} is not supported (lora only)")
+        lp = raw["lora_parameters"]
+        rank = int(lp["rank"])
+        return LoraConfig(rank=rank, alpha=float(raw.get("lora_alpha", lp["scale"] * rank)),
+                          dropout=float(lp.get("dropout", 0.0)),
+                          keys=list(lp.get("keys") or LoraConfig().keys), num_layers=int(raw["num_layers"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"adapters {path}/{CONFIG} is malformed ({type(e).__name__}: {e})") from None
+
+
+def read_weights(path: str | Path) -> dict:
+    try:
+        return mx.load(str(Path(path) / WEIGHTS))
+    except Exception as e:
+        raise UserError(f"cannot read {Path(path) / WEIGHTS}: {(str(e).splitlines() or [''])[0]}") from None
+
+
+def check_fit(model: nn.Module, weights: dict, source: str) -> None:
+    """One readable line when saved adapters do not fit the model's LoRA layers."""
+    params = get(model)
+    unknown = [k for k in weights if k not in params]
+    missing = [k for k in params if k not in weights]
+    wrong = [k for k in weights if k in params and weights[k].shape != params[k].shape]
+    if unknown or missing or wrong:
+        k = (wrong or unknown or missing)[0]
+        detail = (f"{k}: shape {tuple(weights[k].shape)} vs the model's {tuple(params[k].shape)}" if wrong
+                  else f"{k} is {'not in the model' if unknown else 'missing from the file'}")
+        raise UserError(f"adapters {source} do not fit this model ({len(wrong)} wrong shapes, "
+                        f"{len(unknown)} unknown, {len(missing)} missing tensors; e.g. {detail})")
+
+
+def load(model: nn.Module, path: str | Path) -> LoraConfig:
+    """Attach LoRA layers as described by saved adapters and load their weights (the meta start)."""
+    cfg = read_config(path)
+    weights = read_weights(path)
+    attach(model, cfg)
+    check_fit(model, weights, str(path))
+    set(model, weights)
+    return cfg
+
+
+# ---- PEFT interop ----------------------------------------------------------------------------
+# PEFT stores lora_A.weight as (r, in) and lora_B.weight as (out, r): mlx-lm's lora_a (in, r) and
+# lora_b (r, out) transposed, under "base_model.model." + the HF module path.
+
+def to_peft(path: str | Path, out_dir: str | Path, base_model: str | None = None) -> Path:
+    cfg = read_config(path)
+    weights = read_weights(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peft = {}
+    layers = set()
+    for name, w in weights.items():
+        module, leaf = name.rsplit(".", 1)
+        peft[f"{PEFT_PREFIX}{module}.{'lora_A' if leaf == 'lora_a' else 'lora_B'}.weight"] = w.T
+        layers.add(int(module.split(".")[2]))
+    n_total = max(layers) + 1
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+        "target_modules": sorted({k.rsplit(".", 1)[-1] for k in cfg.keys}),
+        "layers_to_transform": None if cfg.num_layers == n_total else sorted(layers),
+        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+    }
+    # Contiguous copies: safetensors writes the logical layout, but be explicit about it.
+    _atomic_write(out / PEFT_WEIGHTS, lambda p: mx.save_safetensors(
+        p, {k: mx.contiguous(v) for k, v in peft.items()}, metadata={"format": "pt"}))
+    _atomic_write(out / "adapter_config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+    return out
+
+
+def from_peft(path: str | Path, out_dir: str | Path) -> Path:
+    path = Path(path)
+    try:
+        raw = json.loads((path / "adapter_config.json").read_text())
+        tensors = mx.load(str(path / PEFT_WEIGHTS))
+    except (OSError, json.JSONDecodeError, RuntimeError, ValueError) as e:
+        raise UserError(f"{path} is not a readable PEFT adapter folder ({type(e).__name__}: {e})") from None
+    if raw.get("peft_type") != "LORA" or raw.get("use_dora") or raw.get("rank_pattern") or raw.get("alpha_pattern"):
+        raise UserError(f"{path}: only plain PEFT LoRA adapters (no DoRA, no rank/alpha patterns) can be imported")
+    r, alpha = int(raw["r"]), float(raw["lora_alpha"])
+    scale_alpha = alpha * (r ** 0.5) / r if raw.get("use_rslora") else alpha  # rsLoRA scales by alpha/sqrt(r)
+    weights, keys, layers = {}, set(), set()
+    for name, w in tensors.items():
+        if not name.startswith(PEFT_PREFIX) or ".lora_" not in name:
+            raise UserError(f"{path}: unexpected tensor {name}")
+        module, kind = name[len(PEFT_PREFIX):].rsplit(".", 2)[:2]
+        leaf = {"lora_A": "lora_a", "lora_B": "lora_b"}[kind]
+        weights[f"{module}.{leaf}"] = mx.contiguous(w.T)
+        parts = module.split(".")  # model.layers.<i>.<key...>
+        layers.add(int(parts[2]))
+        keys.add(".".join(parts[3:]))
+    n = len(layers)
+    if sorted(layers) != list(range(max(layers) - n + 1, max(layers) + 1)):
+        raise UserError(f"{path}: LoRA on layers {sorted(layers)}; mlx-lm needs the last N layers contiguous")
+    cfg = LoraConfig(rank=r, alpha=scale_alpha, dropout=float(raw.get("lora_dropout", 0.0)),
+                     keys=sorted(keys), num_layers=n)
+    return write(out_dir, weights, cfg, n, {"imported_from": str(path)})

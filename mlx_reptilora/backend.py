@@ -1,0 +1,46 @@
+"""Which device MLX computes on, in which dtype, with which BLAS."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from . import _blas
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def backend_name() -> str:
+    if mx.metal.is_available():
+        return "metal"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def compute_dtype(name: str | None = None) -> mx.Dtype:
+    """float32 on CPU (fp16/bf16 matmul there is ~20x slower than fp32), bfloat16 on a GPU."""
+    if name is not None:
+        if name not in DTYPES:
+            from .errors import UserError
+
+            raise UserError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+        return DTYPES[name]
+    return mx.float32 if backend_name() == "cpu" else mx.bfloat16
+
+
+def dtype_name(dtype: mx.Dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def peak_memory_gb() -> float:
+    return mx.get_peak_memory() / 1e9
+
+
+def describe() -> dict:
+    return {
+        "backend": backend_name(),
+        "device": str(mx.default_device()),
+        "compute_dtype": dtype_name(compute_dtype()),
+        "blas": _blas.status["blas"] or f"MLX's bundled BLAS ({_blas.status['reason']})",
+        "mlx": mx.__version__,
+    }
