@@ -67,17 +67,18 @@ def num_layers(model: nn.Module, cfg: LoraConfig) -> int:
     return len(model.layers) if cfg.num_layers == -1 else cfg.num_layers
 
 
-def get(model: nn.Module) -> dict:
+def get_weights(model: nn.Module) -> dict:
     """The adapter tensors as a flat {name: array} dict (the trainable parameters)."""
     return dict(tree_flatten(model.trainable_parameters()))
 
 
-def set(model: nn.Module, weights: dict) -> None:  # noqa: A001 -- mirrors get()
+def set_weights(model: nn.Module, weights: dict) -> None:
     model.update(tree_unflatten(list(weights.items())))
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # Keep the real suffix: mx.save_safetensors appends ".safetensors" to any other name.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -102,7 +103,7 @@ def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, ex
 
 
 def save(model: nn.Module, cfg: LoraConfig, out_dir: str | Path, extra: dict | None = None) -> Path:
-    return write(out_dir, get(model), cfg, num_layers(model, cfg), extra)
+    return write(out_dir, get_weights(model), cfg, num_layers(model, cfg), extra)
 
 
 def read_config(path: str | Path) -> LoraConfig:
@@ -136,7 +137,7 @@ def read_weights(path: str | Path) -> dict:
 
 def check_fit(model: nn.Module, weights: dict, source: str) -> None:
     """One readable line when saved adapters do not fit the model's LoRA layers."""
-    params = get(model)
+    params = get_weights(model)
     unknown = [k for k in weights if k not in params]
     missing = [k for k in params if k not in weights]
     wrong = [k for k in weights if k in params and weights[k].shape != params[k].shape]
@@ -154,7 +155,7 @@ def load(model: nn.Module, path: str | Path) -> LoraConfig:
     weights = read_weights(path)
     attach(model, cfg)
     check_fit(model, weights, str(path))
-    set(model, weights)
+    set_weights(model, weights)
     return cfg
 
 

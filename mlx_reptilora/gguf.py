@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,7 +39,21 @@ _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "
 _SPLIT_DIGITS_PRE = {"smollm", "starcoder", "refact", "qwen2"}
 
 
-def read_gguf(path: str | Path) -> tuple[dict, dict]:
+def _probe(path: str | Path) -> None:
+    """mx.load's GGUF reader can segfault on a corrupt file: try it in a child process first."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserError(f"cannot read GGUF {path}: not a GGUF file (bad magic)")
+    code = "import sys, mlx.core as mx; mx.load(sys.argv[1], return_metadata=True)"
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or [f"reader crashed (exit {r.returncode})"])[-1]
+        raise UserError(f"cannot read GGUF {path}: {last}")
+
+
+def read_gguf(path: str | Path, probe: bool = True) -> tuple[dict, dict]:
+    if probe:
+        _probe(path)
     try:
         weights, meta = mx.load(str(path), return_metadata=True)
     except Exception as e:  # mx.load raises RuntimeError/ValueError with C++ text

@@ -1,0 +1,76 @@
+"""Shared fixtures: the real bundled model (converted once per session into a private cache) and a
+tiny random-weight Llama with the bundled tokenizer, for tests that need a model but not its skill."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Offline and private: never touch the user's cache or the network from tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import mlx.core as mx  # noqa: E402  (after mlx_reptilora's BLAS preload below)
+
+import mlx_reptilora  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    cache = os.environ.get("MLX_REPTILORA_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    os.environ["MLX_REPTILORA_CACHE"] = cache
+    yield cache
+
+
+@pytest.fixture(scope="session")
+def bundled_dir(_private_cache):
+    from mlx_reptilora import models
+
+    return models.resolve(None, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def bundled(bundled_dir):
+    from mlx_reptilora import models
+
+    return models.load(None, verbose=False)
+
+
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "max_position_embeddings": 2048, "vocab_size": 49152, "tie_word_embeddings": True,
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
+}
+
+
+def make_tiny_model(out: Path, tokenizer_from: Path, seed: int = 0, **overrides) -> Path:
+    """A random-weight Llama in HF format, saved like any downloaded model."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    cfg = {**TINY_CONFIG, **overrides}
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(cfg))
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())),
+                        metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tokenizer_from / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(bundled_dir, tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), bundled_dir)
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    from mlx_reptilora import models
+
+    return models.load(str(tiny_dir), verbose=False)
