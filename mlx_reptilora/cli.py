@@ -47,6 +47,38 @@ def import_peft(adapters: str = typer.Argument(..., help="folder with PEFT LoRA 
     typer.echo(str(ad.from_peft(adapters, out)))
 
 
+@app.command("tasks")
+def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (its tokenizer is used)"),
+               max_length: int = typer.Option(512, help="truncate documents to fit this many tokens"),
+               include_hub: bool = typer.Option(False, "--hub", help="also try the paper's hub corpora (network)")):
+    """List the available tasks with split sizes and token statistics."""
+    import numpy as np
+    from mlx_lm.utils import load_tokenizer
+
+    from . import models, prompts, tasks
+
+    tokenizer = load_tokenizer(models.resolve(model))
+    fmt = prompts.PromptFormat.for_tokenizer(tokenizer)
+    typer.echo(f"{'task':<18} {'train':>6} {'valid':>6} {'test':>6}   doc tokens p50/p95   summary tokens p50/p95   truncated@{max_length}")
+    for name in tasks.available():
+        if name not in tasks.OFFLINE_TASKS and not include_hub:
+            typer.echo(f"{name:<18} {'(hub corpus: needs network; list with --hub)'}")
+            continue
+        try:
+            task = tasks.load(name)
+        except UserError as e:
+            typer.echo(f"{name:<18} unavailable: {e}")
+            continue
+        exs = [e for split in task.splits.values() for e in split]
+        doc = np.array([len(x) for x in tokenizer._tokenizer([e.document for e in exs], add_special_tokens=False)["input_ids"]])
+        summ = np.array([len(x) for x in tokenizer._tokenizer([e.summary for e in exs], add_special_tokens=False)["input_ids"]])
+        cut = sum(t.truncated for t in prompts.tokenize(fmt, tokenizer, exs, max_length) if t)
+        sizes = [len(task.splits.get(s, [])) for s in tasks.SPLITS]
+        typer.echo(f"{name:<18} {sizes[0]:>6} {sizes[1]:>6} {sizes[2]:>6}   "
+                   f"{np.median(doc):>8.0f} / {np.percentile(doc, 95):<8.0f}   "
+                   f"{np.median(summ):>12.0f} / {np.percentile(summ, 95):<8.0f}   {cut:>6}")
+
+
 def _not_built(name: str):
     raise UserError(f"`{name}` is not built yet")
 

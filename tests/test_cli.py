@@ -47,3 +47,11 @@ def test_peft_commands_round_trip(tiny, tmp_path):
     assert (tmp_path / "b" / "adapters.safetensors").exists()
     r = run("import-peft", str(tmp_path / "a"), str(tmp_path / "c"))  # not PEFT
     assert r.returncode == 2 and "PEFT" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tasks_lists_offline_tasks_with_stats(bundled_dir):
+    r = run("tasks")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("aclsum-title"))
+    assert row.split()[1:4] == ["100", "50", "100"]
+    assert "pydoc" in r.stdout and "xsum" in r.stdout

@@ -1,0 +1,134 @@
+"""Episodes and batches: pick a task, draw k support and M query examples, pad to fixed buckets.
+
+Everything here works on token ids tokenized once per task (`prepare`); sampling an episode draws
+indices only. The sampler's whole state is a numpy bit-generator state, so a checkpoint can store it
+and a resumed run draws exactly the episodes an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import prompts
+from .errors import UserError
+from .tasks import Task
+
+
+@dataclass
+class TokenizedTask:
+    name: str
+    splits: dict[str, list[prompts.Tokenized]]
+    dropped: int  # examples whose summary alone exceeds max_length
+    truncated: int  # examples whose document was cut to fit
+
+
+def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat, max_length: int,
+            splits: tuple[str, ...] = ("train", "valid")) -> TokenizedTask:
+    out, dropped, truncated = {}, 0, 0
+    for split in splits:
+        toks = prompts.tokenize(fmt, tokenizer, task.splits.get(split, []), max_length)
+        dropped += sum(t is None for t in toks)
+        kept = [t for t in toks if t is not None]
+        truncated += sum(t.truncated for t in kept)
+        out[split] = kept
+    return TokenizedTask(task.name, out, dropped, truncated)
+
+
+def buckets(max_length: int, smallest: int = 64) -> list[int]:
+    """A few fixed padded lengths (64, 128, 256, ... up to max_length), so compiled graphs and GPU
+    kernels are reused across batches instead of rebuilt for every length."""
+    out, n = [], smallest
+    while n < max_length:
+        out.append(n)
+        n *= 2
+    return out + [max_length]
+
+
+@dataclass
+class Batch:
+    tokens: np.ndarray  # (B, L) int32, padded with 0
+    lengths: np.ndarray  # (B,) real tokens per row (0 for a padding row)
+    prompt_lens: np.ndarray  # (B,) the loss covers positions prompt_len .. length-1
+
+    @property
+    def n_targets(self) -> int:
+        return int(np.maximum(self.lengths - self.prompt_lens, 0).sum())
+
+
+def make_batch(examples: list[prompts.Tokenized], bucket_lengths: list[int], rows: int | None = None) -> Batch:
+    """Pad to the smallest bucket that fits; `rows` pads with empty rows so the batch shape is fixed."""
+    rows = rows or len(examples)
+    longest = max(len(e.ids) for e in examples)
+    length = next((b for b in bucket_lengths if b >= longest), None)
+    if length is None:
+        raise ValueError(f"example of {longest} tokens exceeds the largest bucket {bucket_lengths[-1]}")
+    tokens = np.zeros((rows, length), np.int32)
+    lengths = np.zeros(rows, np.int32)
+    prompt_lens = np.zeros(rows, np.int32)
+    for i, e in enumerate(examples):
+        tokens[i, : len(e.ids)] = e.ids
+        lengths[i], prompt_lens[i] = len(e.ids), e.prompt_len
+    return Batch(tokens, lengths, prompt_lens)
+
+
+def micro_batches(examples: list[prompts.Tokenized], size: int, bucket_lengths: list[int]) -> list[Batch]:
+    """Fixed-size micro-batches (the last padded with empty rows), sorted by length so that short
+    examples share short buckets."""
+    ordered = sorted(examples, key=lambda e: len(e.ids))
+    return [make_batch(ordered[i: i + size], bucket_lengths, rows=size) for i in range(0, len(ordered), size)]
+
+
+@dataclass
+class Episode:
+    index: int
+    task: str
+    support: list[prompts.Tokenized]
+    query: list[prompts.Tokenized]
+
+
+class EpisodeSampler:
+    """Task uniformly (or by `weights`), then k support + M query examples from its training split,
+    without replacement and disjoint."""
+
+    def __init__(self, tasks: list[TokenizedTask], support: int, query: int = 0,
+                 weights: list[float] | None = None, seed: int = 0, split: str = "train"):
+        self.tasks, self.support, self.query, self.split = tasks, support, query, split
+        for t in tasks:
+            n = len(t.splits.get(split, []))
+            if n < support + query:
+                raise UserError(f"task {t.name}: its {split} split has {n} usable examples, fewer than "
+                                f"--support {support} + --query {query}")
+        if weights is not None:
+            if len(weights) != len(tasks) or min(weights) < 0 or sum(weights) <= 0:
+                raise UserError(f"task weights {weights} must be {len(tasks)} non-negative numbers, not all 0")
+            weights = list(np.asarray(weights, float) / sum(weights))
+        self.weights = weights
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.count = 0
+
+    def sample(self) -> Episode:
+        t = self.tasks[self.rng.choice(len(self.tasks), p=self.weights)]
+        pool = t.splits[self.split]
+        # Indices only: the examples were tokenized once in prepare().
+        idx = self.rng.choice(len(pool), self.support + self.query, replace=False)
+        ep = Episode(self.count, t.name, [pool[i] for i in idx[: self.support]],
+                     [pool[i] for i in idx[self.support:]])
+        self.count += 1
+        return ep
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "count": self.count}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.count = state["count"]
+
+
+def draw_shots(examples: list[prompts.Tokenized], k: int, seed: int, task: str = "") -> list[prompts.Tokenized]:
+    """k training examples for adaptation, seeded; the same seed gives the same shots."""
+    if k > len(examples):
+        raise UserError(f"--shots {k} is more than the {len(examples)} usable training examples of {task}")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return [examples[i] for i in rng.choice(len(examples), k, replace=False)]

@@ -1,0 +1,74 @@
+"""Prompts and loss masks: instruction + document -> summary, with the loss on the summary only.
+
+A prompt is rendered once with a placeholder for the document, then tokenized as
+prefix + document + suffix, so the document alone is truncated to fit --max-length and the summary
+is always whole. The same function builds generation prompts, so train and test see one format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tasks import Example
+
+INSTRUCTION = "Summarize the following text in one or two sentences."
+_SLOT = "\x00DOCUMENT\x00"
+
+
+@dataclass
+class Tokenized:
+    ids: np.ndarray  # int32: prompt tokens then summary tokens then EOS (no summary for prompts)
+    prompt_len: int  # tokens before the summary; the loss covers ids[prompt_len:]
+    truncated: bool
+
+
+@dataclass
+class PromptFormat:
+    """Splits the rendered prompt around the document once, so each example only tokenizes its text."""
+
+    prefix: list[int]
+    suffix: list[int]
+    eos: int
+    bos: int | None
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, instruction: str = INSTRUCTION) -> PromptFormat:
+        content = f"{instruction}\n\n{_SLOT}"
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                 add_generation_prompt=True, tokenize=False)
+        else:  # base models (e.g. Llama-2) have no chat template
+            text = f"{content}\n\nSummary:"
+        before, after = text.split(_SLOT)
+        bos = tokenizer.bos_token_id
+        # Does the tokenizer prepend BOS itself (Llama-2) or not (SmolLM2)? Add it once, in front.
+        adds_bos = bos is not None and tokenizer.encode("a")[:1] == [bos] and not before.startswith(
+            tokenizer.bos_token or "\x01")
+        plain = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
+        eos = tokenizer.eos_token_id
+        return cls(([bos] if adds_bos else []) + plain(before), plain(after), eos, bos if adds_bos else None)
+
+
+def tokenize(fmt: PromptFormat, tokenizer, examples: list[Example], max_length: int,
+             with_summary: bool = True) -> list[Tokenized | None]:
+    """Token ids for each example; None where even an empty document leaves no room for the summary."""
+    docs = [e.document for e in examples]
+    doc_ids = tokenizer._tokenizer(docs, add_special_tokens=False)["input_ids"]
+    if with_summary:
+        # A leading space is not added: the summary starts a fresh assistant turn / line.
+        sum_ids = tokenizer._tokenizer([e.summary for e in examples], add_special_tokens=False)["input_ids"]
+    else:
+        sum_ids = [[] for _ in examples]
+    out = []
+    fixed = len(fmt.prefix) + len(fmt.suffix)
+    for d, s in zip(doc_ids, sum_ids):
+        target = s + [fmt.eos] if with_summary else []
+        budget = max_length - fixed - len(target)
+        if budget <= 0:
+            out.append(None)
+            continue
+        prompt = fmt.prefix + d[:budget] + fmt.suffix
+        out.append(Tokenized(np.array(prompt + target, dtype=np.int32), len(prompt), len(d) > budget))
+    return out

@@ -1,0 +1,181 @@
+"""Tasks: named sets of (document, summary) pairs with fixed train / valid / test splits.
+
+A task name is one of the offline tasks (aclsum-*, pydoc), one of the paper's hub corpora (network
+needed), or a path to a local folder of train/valid/test files (JSONL, CSV or Parquet)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from .errors import UserError
+
+SPLITS = ("train", "valid", "test")
+OFFLINE_TASKS = ("aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc")
+
+
+class Example(NamedTuple):
+    document: str
+    summary: str
+    id: str = ""
+
+
+@dataclass
+class Task:
+    name: str
+    splits: dict[str, list[Example]]
+    source: str = ""
+
+    def split(self, name: str) -> list[Example]:
+        if not self.splits.get(name):
+            have = ", ".join(f"{s} ({len(v)})" for s, v in self.splits.items() if v) or "none"
+            raise UserError(f"task {self.name} has no {name} split; it has: {have}")
+        return self.splits[name]
+
+
+class HubCorpus(NamedTuple):
+    repo: str
+    config: str | None
+    document: str
+    summary: str
+
+
+# The paper's five corpora (hub ids as last known; override with TaskConfig.hub_corpora or YAML).
+HUB_CORPORA = {
+    "xsum": HubCorpus("EdinburghNLP/xsum", None, "document", "summary"),
+    "cnn_dailymail": HubCorpus("abisee/cnn_dailymail", "3.0.0", "article", "highlights"),
+    "samsum": HubCorpus("Samsung/samsum", None, "dialogue", "summary"),
+    "bigpatent-a": HubCorpus("NortheasternUniversity/big_patent", "a", "description", "abstract"),
+    "multi_news": HubCorpus("alexfabbri/multi_news", None, "document", "summary"),
+}
+HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+
+
+@dataclass
+class TaskConfig:
+    train_cap: int = 1000  # the paper's caps per corpus
+    valid_cap: int = 300
+    test_cap: int = 300
+    document_field: str = "document"  # for local folders
+    summary_field: str = "summary"
+    aclsum_sections: list[str] = field(default_factory=lambda: ["abstract", "introduction"])
+    hub_corpora: dict = field(default_factory=dict)  # name -> {repo, config, document, summary}
+
+    def hub_table(self) -> dict[str, HubCorpus]:
+        table = dict(HUB_CORPORA)
+        for name, spec in self.hub_corpora.items():
+            table[name] = HubCorpus(**{**(table[name]._asdict() if name in table else {}), **spec})
+        return table
+
+    def cap(self, split: str) -> int:
+        return {"train": self.train_cap, "valid": self.valid_cap, "test": self.test_cap}[split]
+
+
+def _load_hub(name: str, spec: HubCorpus, cfg: TaskConfig) -> Task:
+    import datasets
+
+    splits = {}
+    for split, hub_split in HUB_SPLITS.items():
+        try:
+            ds = datasets.load_dataset(spec.repo, spec.config, split=f"{hub_split}[:{cfg.cap(split)}]")
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"cannot load hub dataset {name} ({spec.repo}): {first}. Offline, use the "
+                            f"embedded tasks: {', '.join(OFFLINE_TASKS)}") from None
+        splits[split] = [Example(d.strip(), s.strip(), f"{name}/{split}/{i}")
+                         for i, (d, s) in enumerate(zip(ds[spec.document], ds[spec.summary])) if d and s]
+    return Task(name, splits, f"hub:{spec.repo}")
+
+
+def _read_jsonl(path: Path, cfg: TaskConfig) -> list[Example]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 (bad byte at offset {e.start})") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        out.append(_example(row, cfg, f"{path}:{lineno}"))
+    return out
+
+
+def _example(row, cfg: TaskConfig, where: str) -> Example:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected an object with {cfg.document_field!r} and {cfg.summary_field!r}")
+    for key in (cfg.document_field, cfg.summary_field):
+        value = row.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{where}: field {key!r} is {'missing' if value is None else 'empty or not text'}")
+    return Example(row[cfg.document_field].strip(), row[cfg.summary_field].strip(), where)
+
+
+def _read_table(path: Path, cfg: TaskConfig) -> list[Example]:
+    import datasets
+
+    kind = {".csv": "csv", ".parquet": "parquet"}[path.suffix]
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:
+        raise UserError(f"{path}: cannot read as {kind} ({(str(e).splitlines() or [''])[0][:200]})") from None
+    return [_example(row, cfg, f"{path}:{i + 2 if kind == 'csv' else i}") for i, row in enumerate(ds)]
+
+
+_SPLIT_FILES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
+
+
+def _load_folder(path: Path, cfg: TaskConfig) -> Task:
+    splits = {}
+    for split, stems in _SPLIT_FILES.items():
+        files = [path / f"{s}{ext}" for s in stems for ext in (".jsonl", ".csv", ".parquet")]
+        found = [f for f in files if f.exists()]
+        if found:
+            f = found[0]
+            splits[split] = _read_jsonl(f, cfg) if f.suffix == ".jsonl" else _read_table(f, cfg)
+    if not splits:
+        raise UserError(f"task folder {path} has no train/valid/test .jsonl, .csv or .parquet files")
+    return Task(path.name, splits, f"folder:{path}")
+
+
+def _load_offline(name: str, cfg: TaskConfig) -> Task:
+    from . import corpora
+    from .models import cache_dir
+
+    if name == "pydoc":
+        return Task(name, corpora.pydoc(cache_dir() / "tasks"), "python stdlib docstrings")
+    aspect = name.split("-", 1)[1]
+    return Task(name, corpora.aclsum(aspect, tuple(cfg.aclsum_sections)), "aclsum")
+
+
+def available(cfg: TaskConfig | None = None) -> list[str]:
+    return list(OFFLINE_TASKS) + list((cfg or TaskConfig()).hub_table())
+
+
+def load(name: str, cfg: TaskConfig | None = None) -> Task:
+    cfg = cfg or TaskConfig()
+    if name in OFFLINE_TASKS:
+        return _load_offline(name, cfg)
+    table = cfg.hub_table()
+    if name in table:
+        return _load_hub(name, table[name], cfg)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_folder(path, cfg)
+    close = difflib.get_close_matches(name, available(cfg), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; known tasks: {', '.join(available(cfg))}"
+    raise UserError(f"unknown task {name!r} (not a task name or a folder){hint}")
+
+
+def load_many(names: list[str] | str, cfg: TaskConfig | None = None) -> list[Task]:
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise UserError("no tasks given")
+    return [load(n, cfg) for n in names]

@@ -1,0 +1,211 @@
+"""Tasks on the real packaged data, prompts with summary-only loss, episodes, and bad task input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mlx_reptilora import episodes, prompts, tasks
+from mlx_reptilora.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(bundled_dir):
+    from mlx_lm.utils import load_tokenizer
+
+    return load_tokenizer(bundled_dir)
+
+
+@pytest.fixture(scope="module")
+def fmt(tokenizer):
+    return prompts.PromptFormat.for_tokenizer(tokenizer)
+
+
+@pytest.mark.parametrize("name", ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title"])
+def test_aclsum_sizes_and_split(name):
+    t = tasks.load(name)
+    # The package's own split: 100 / 50 / 100 papers (250 in all).
+    assert {s: len(v) for s, v in t.splits.items()} == {"train": 100, "valid": 50, "test": 100}
+    ids = {s: {e.id for e in v} for s, v in t.splits.items()}
+    assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["valid"])
+    assert all(e.document and e.summary for v in t.splits.values() for e in v)
+
+
+def test_aclsum_documents_are_abstract_plus_introduction():
+    title = tasks.load("aclsum-title").splits["train"][0]
+    challenge = tasks.load("aclsum-challenge").splits["train"][0]
+    assert challenge.document.startswith(title.document)  # abstract first, then the introduction
+    assert len(challenge.document) > len(title.document)
+    assert " ." not in title.document[:200]  # detokenized
+    abstract_only = tasks.load("aclsum-challenge", tasks.TaskConfig(aclsum_sections=["abstract"]))
+    assert abstract_only.splits["train"][0].document == title.document
+
+
+def test_pydoc_sizes_determinism_and_no_tests(tmp_path):
+    from mlx_reptilora import corpora
+
+    a = corpora.pydoc(cache=None)
+    b = corpora.pydoc(cache=tmp_path)  # computes and writes the cache
+    c = corpora.pydoc(cache=tmp_path)  # reads it back
+    assert a == b == c
+    total = sum(len(v) for v in a.values())
+    assert 1100 <= total <= 1800
+    assert 0.75 <= len(a["train"]) / total <= 0.85
+    every = [e for v in a.values() for e in v]
+    assert all(len(e.document.split()) >= 30 and "\n" not in e.summary for e in every)
+    # No test packages or test_*.py modules (functions may be named test*, e.g. doctest.testfile).
+    assert not any(part.startswith("test") for e in every for part in e.id.split(".")[:-1])
+
+
+def test_loss_masked_tokens_decode_to_summary_plus_eos(tokenizer, fmt):
+    for name in tasks.OFFLINE_TASKS:
+        exs = tasks.load(name).splits["valid"][:20]
+        for ex, tok in zip(exs, prompts.tokenize(fmt, tokenizer, exs, 512)):
+            target = tokenizer.decode(tok.ids[tok.prompt_len:].tolist())
+            assert target == ex.summary + tokenizer.eos_token
+            assert tok.ids[tok.prompt_len - len(fmt.suffix): tok.prompt_len].tolist() == fmt.suffix
+
+
+def test_truncation_cuts_the_document_never_the_summary(tokenizer, fmt):
+    exs = tasks.load("aclsum-challenge").splits["train"]
+    toks = prompts.tokenize(fmt, tokenizer, exs, 128)
+    assert all(t is not None and len(t.ids) <= 128 for t in toks)
+    assert sum(t.truncated for t in toks) > 90  # abstract + introduction is ~900 tokens
+    for ex, t in zip(exs, toks):
+        assert tokenizer.decode(t.ids[t.prompt_len:].tolist()) == ex.summary + tokenizer.eos_token
+        assert t.ids[: len(fmt.prefix)].tolist() == fmt.prefix
+
+
+def test_summary_too_long_is_dropped_and_counted(tokenizer, fmt):
+    task = tasks.Task("t", {"train": [tasks.Example("doc " * 10, "word " * 200)]})
+    prepared = episodes.prepare(task, tokenizer, fmt, 64, splits=("train",))
+    assert prepared.dropped == 1 and prepared.splits["train"] == []
+
+
+def test_plain_text_prompt_without_chat_template(tokenizer):
+    class NoTemplate:
+        chat_template = None
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+    fmt = prompts.PromptFormat.for_tokenizer(NoTemplate())
+    text = tokenizer.decode(fmt.prefix + fmt.suffix)
+    assert text.startswith(prompts.INSTRUCTION) and text.endswith("Summary:")
+
+
+def _prepared(tokenizer, fmt, names=("aclsum-title", "pydoc")):
+    return [episodes.prepare(tasks.load(n), tokenizer, fmt, 256) for n in names]
+
+
+def test_episodes_deterministic_disjoint_and_resumable(tokenizer, fmt):
+    prepared = _prepared(tokenizer, fmt)
+    s1 = episodes.EpisodeSampler(prepared, support=8, query=16, seed=3)
+    s2 = episodes.EpisodeSampler(prepared, support=8, query=16, seed=3)
+    for _ in range(10):
+        a, b = s1.sample(), s2.sample()
+        assert a.task == b.task
+        assert [x.ids.tolist() for x in a.support] == [x.ids.tolist() for x in b.support]
+        assert len(a.support) == 8 and len(a.query) == 16
+        assert not ({id(x) for x in a.support} & {id(x) for x in a.query})
+    state = s1.state()
+    after = [s1.sample() for _ in range(3)]
+    s1.restore(state)
+    again = [s1.sample() for _ in range(3)]
+    assert [(e.index, e.task, [id(x) for x in e.support]) for e in after] == \
+           [(e.index, e.task, [id(x) for x in e.support]) for e in again]
+
+
+def test_task_choice_is_uniform_or_weighted(tokenizer, fmt):
+    prepared = _prepared(tokenizer, fmt)
+    uniform = episodes.EpisodeSampler(prepared, support=1, seed=0)
+    picks = [uniform.sample().task for _ in range(2000)]
+    assert 0.45 < picks.count("pydoc") / 2000 < 0.55
+    weighted = episodes.EpisodeSampler(prepared, support=1, seed=0, weights=[1, 3])
+    picks = [weighted.sample().task for _ in range(2000)]
+    assert 0.70 < picks.count("pydoc") / 2000 < 0.80
+
+
+def test_batches_use_fixed_buckets(tokenizer, fmt):
+    assert episodes.buckets(512) == [64, 128, 256, 512]
+    prepared = _prepared(tokenizer, fmt, ("pydoc",))[0]
+    exs = prepared.splits["train"][:10]
+    mbs = episodes.micro_batches(exs, 4, episodes.buckets(256))
+    assert [b.tokens.shape[0] for b in mbs] == [4, 4, 4]
+    assert all(b.tokens.shape[1] in (64, 128, 256) for b in mbs)
+    assert mbs[-1].lengths[2:].tolist() == [0, 0]  # padding rows carry no loss
+    assert sum(b.n_targets for b in mbs) == sum(len(e.ids) - e.prompt_len for e in exs)
+
+
+def test_local_folder_jsonl_csv_parquet(tmp_path):
+    import datasets
+
+    rows = [{"text": f"document number {i} " * 5, "abstract": f"summary {i}"} for i in range(6)]
+    d = tmp_path / "mytask"
+    d.mkdir()
+    (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    datasets.Dataset.from_list(rows[:3]).to_csv(str(d / "valid.csv"), index=False)
+    datasets.Dataset.from_list(rows[3:]).to_parquet(str(d / "test.parquet"))
+    cfg = tasks.TaskConfig(document_field="text", summary_field="abstract")
+    t = tasks.load(str(d), cfg)
+    assert t.name == "mytask"
+    assert [len(t.splits[s]) for s in tasks.SPLITS] == [6, 3, 3]
+    assert t.splits["valid"][1].summary == "summary 1"
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def _folder(tmp_path, text: bytes | str):
+    d = tmp_path / "bad"
+    d.mkdir(exist_ok=True)
+    (d / "train.jsonl").write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(d)
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    path = _folder(tmp_path, '{"document": "a", "summary": "b"}\n{"document": oops}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl:2: malformed JSON"):
+        tasks.load(path)
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"document": "a"}, "'summary' is missing"),
+    ({"document": "a", "summary": "  "}, "'summary' is empty"),
+    ({"document": 3, "summary": "b"}, "'document' is empty or not text"),
+])
+def test_missing_or_empty_fields(tmp_path, row, message):
+    with pytest.raises(UserError, match=message):
+        tasks.load(_folder(tmp_path, json.dumps(row)))
+
+
+def test_non_utf8_file(tmp_path):
+    with pytest.raises(UserError, match="not UTF-8"):
+        tasks.load(_folder(tmp_path, b'{"document": "caf\xe9", "summary": "x"}'))
+
+
+def test_unknown_task_suggests_close_names():
+    with pytest.raises(UserError, match="did you mean aclsum-title"):
+        tasks.load("aclsum-titel")
+
+
+def test_split_smaller_than_support_plus_query(tokenizer, fmt):
+    prepared = _prepared(tokenizer, fmt, ("aclsum-title",))
+    with pytest.raises(UserError, match="fewer than --support 64 \\+ --query 64"):
+        episodes.EpisodeSampler(prepared, support=64, query=64)
+    with pytest.raises(UserError, match="--shots 500 is more than"):
+        episodes.draw_shots(prepared[0].splits["train"], 500, seed=0, task="aclsum-title")
+
+
+def test_hub_corpus_offline_is_one_clear_line():
+    with pytest.raises(UserError) as e:
+        tasks.load("xsum")
+    msg = str(e.value)
+    assert "xsum" in msg and "EdinburghNLP/xsum" in msg and "aclsum-title" in msg and "\n" not in msg
+
+
+def test_hub_table_is_overridable():
+    cfg = tasks.TaskConfig(hub_corpora={"xsum": {"repo": "me/xsum-mirror"}, "mine": {
+        "repo": "me/data", "config": None, "document": "text", "summary": "tldr"}})
+    table = cfg.hub_table()
+    assert table["xsum"].repo == "me/xsum-mirror" and table["xsum"].document == "document"
+    assert table["mine"].summary == "tldr" and "mine" in tasks.available(cfg)
