@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -83,10 +85,55 @@ def _not_built(name: str):
     raise UserError(f"`{name}` is not built yet")
 
 
-@app.command("meta-train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def meta_train(ctx: typer.Context):
-    """Meta-learn the LoRA start with Reptile over many tasks."""
-    _not_built("meta-train")
+@app.command("meta-train")
+def meta_train(
+    config_file: Optional[str] = typer.Option(None, "-c", "--config",
+                                              help="YAML file (keys as the flags) or a shipped config: cpu-small, paper"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated task names or folders [all 5 offline tasks]"),
+    task_weights: Optional[str] = typer.Option(None, help="comma-separated sampling weights [uniform]"),
+    episodes: Optional[int] = typer.Option(None, help="meta-training episodes [500]"),
+    support: Optional[int] = typer.Option(None, help="support examples per episode, k [32]"),
+    query: Optional[int] = typer.Option(None, help="query examples for monitoring, M [128]"),
+    inner_steps: Optional[int] = typer.Option(None, help="inner optimizer steps, T [7]"),
+    inner_lr: Optional[float] = typer.Option(None, help="inner learning rate [5e-4]"),
+    inner_optimizer: Optional[str] = typer.Option(None, help="adamw | adam0 | sgd [adamw]"),
+    inner_batch: Optional[int] = typer.Option(None, help="examples per inner step [the whole support set]"),
+    micro_batch: Optional[int] = typer.Option(None, help="examples per forward pass [4]"),
+    grad_clip: Optional[float] = typer.Option(None, help="inner gradient-norm clip [0.5]"),
+    meta_lr: Optional[float] = typer.Option(None, help="Reptile step size α [0.1]"),
+    meta_lr_final: Optional[float] = typer.Option(None, help="anneal α linearly to this [constant]"),
+    meta_batch: Optional[int] = typer.Option(None, help="tasks per meta-step [1]"),
+    reset_optimizer: Optional[bool] = typer.Option(None, "--reset-optimizer/--carry-optimizer",
+                                                   help="fresh inner optimizer per task [reset]"),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank [16]"),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha; scale = alpha / rank [32]"),
+    dropout: Optional[float] = typer.Option(None, help="LoRA dropout [0.1]"),
+    lora_keys: Optional[str] = typer.Option(None, help="comma-separated module paths [self_attn.q_proj,self_attn.v_proj]"),
+    lora_layers: Optional[int] = typer.Option(None, help="LoRA on the last N layers, -1 = all [-1]"),
+    max_length: Optional[int] = typer.Option(None, help="max tokens per example; documents are truncated [512]"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [by device]"),
+    quantize: Optional[int] = typer.Option(None, help="quantize the frozen base to N bits (QLoRA)"),
+    seed: Optional[int] = typer.Option(None, help="random seed [0]"),
+    eval_every: Optional[int] = typer.Option(None, help="query loss every N episodes, 0 = never [10]"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="checkpoint every N episodes [50]"),
+    out: Optional[str] = typer.Option(None, help="output folder [runs/meta]"),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="continue the run in --out"),
+    quiet: Optional[bool] = typer.Option(None, "--quiet", "-q", help="no progress output"),
+):
+    """Meta-learn the LoRA start with Reptile over many tasks (the paper's defaults)."""
+    from . import config, meta_train as mt
+
+    floats = lambda s: [float(x) for x in s.split(",")] if s else None  # noqa: E731
+    cfg = config.build(mt.MetaTrainConfig, config_file, model=model, tasks=tasks, task_weights=floats(task_weights),
+                       episodes=episodes, support=support, query=query, inner_steps=inner_steps, inner_lr=inner_lr,
+                       inner_optimizer=inner_optimizer, inner_batch=inner_batch, micro_batch=micro_batch,
+                       grad_clip=grad_clip, meta_lr=meta_lr, meta_lr_final=meta_lr_final, meta_batch=meta_batch,
+                       reset_optimizer=reset_optimizer, rank=rank, alpha=alpha, dropout=dropout,
+                       lora_keys=lora_keys, lora_layers=lora_layers, max_length=max_length, dtype=dtype,
+                       quantize=quantize, seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                       out=out, resume=resume, quiet=quiet)
+    mt.run(cfg)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -101,7 +148,12 @@ def evaluate(ctx: typer.Context):
     _not_built("evaluate")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) checkpoints like Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app(args=argv, standalone_mode=True)
     except UserError as e:

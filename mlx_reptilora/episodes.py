@@ -51,10 +51,22 @@ class Batch:
     tokens: np.ndarray  # (B, L) int32, padded with 0
     lengths: np.ndarray  # (B,) real tokens per row (0 for a padding row)
     prompt_lens: np.ndarray  # (B,) the loss covers positions prompt_len .. length-1
+    # The loss is computed only where a summary token is predicted: flat (row * L + position)
+    # indices of those positions, the token each must predict, and 1/0 weights for padding.
+    target_index: np.ndarray  # (T,) int32, T a bucket size
+    target_ids: np.ndarray  # (T,) int32
+    target_weight: np.ndarray  # (T,) float32
 
     @property
     def n_targets(self) -> int:
-        return int(np.maximum(self.lengths - self.prompt_lens, 0).sum())
+        return int(self.target_weight.sum())
+
+
+def _bucket(n: int, smallest: int = 16) -> int:
+    size = smallest
+    while size < n:
+        size *= 2
+    return size
 
 
 def make_batch(examples: list[prompts.Tokenized], bucket_lengths: list[int], rows: int | None = None) -> Batch:
@@ -67,10 +79,21 @@ def make_batch(examples: list[prompts.Tokenized], bucket_lengths: list[int], row
     tokens = np.zeros((rows, length), np.int32)
     lengths = np.zeros(rows, np.int32)
     prompt_lens = np.zeros(rows, np.int32)
+    index = []
     for i, e in enumerate(examples):
         tokens[i, : len(e.ids)] = e.ids
         lengths[i], prompt_lens[i] = len(e.ids), e.prompt_len
-    return Batch(tokens, lengths, prompt_lens)
+        # Position p predicts token p + 1: summary tokens (and EOS) sit at prompt_len .. len - 1.
+        index.append(i * length + np.arange(e.prompt_len - 1, len(e.ids) - 1))
+    index = np.concatenate(index).astype(np.int32)
+    t = _bucket(len(index))
+    target_index = np.zeros(t, np.int32)
+    target_index[: len(index)] = index
+    target_ids = np.zeros(t, np.int32)
+    target_ids[: len(index)] = tokens.reshape(-1)[index + 1]
+    weight = np.zeros(t, np.float32)
+    weight[: len(index)] = 1.0
+    return Batch(tokens, lengths, prompt_lens, target_index, target_ids, weight)
 
 
 def micro_batches(examples: list[prompts.Tokenized], size: int, bucket_lengths: list[int]) -> list[Batch]:
@@ -90,16 +113,21 @@ class Episode:
 
 class EpisodeSampler:
     """Task uniformly (or by `weights`), then k support + M query examples from its training split,
-    without replacement and disjoint."""
+    without replacement and disjoint. M is capped per task at what the split leaves after k (the
+    offline ACLSum tasks have 100 training papers; the paper's M = 128 assumes 1,000)."""
 
     def __init__(self, tasks: list[TokenizedTask], support: int, query: int = 0,
                  weights: list[float] | None = None, seed: int = 0, split: str = "train"):
-        self.tasks, self.support, self.query, self.split = tasks, support, query, split
+        self.tasks, self.support, self.split = tasks, support, split
+        self.query, self.query_caps = {}, {}
         for t in tasks:
             n = len(t.splits.get(split, []))
-            if n < support + query:
+            if n < support:
                 raise UserError(f"task {t.name}: its {split} split has {n} usable examples, fewer than "
-                                f"--support {support} + --query {query}")
+                                f"--support {support}")
+            self.query[t.name] = min(query, n - support)
+            if self.query[t.name] < query:
+                self.query_caps[t.name] = self.query[t.name]
         if weights is not None:
             if len(weights) != len(tasks) or min(weights) < 0 or sum(weights) <= 0:
                 raise UserError(f"task weights {weights} must be {len(tasks)} non-negative numbers, not all 0")
@@ -112,7 +140,7 @@ class EpisodeSampler:
         t = self.tasks[self.rng.choice(len(self.tasks), p=self.weights)]
         pool = t.splits[self.split]
         # Indices only: the examples were tokenized once in prepare().
-        idx = self.rng.choice(len(pool), self.support + self.query, replace=False)
+        idx = self.rng.choice(len(pool), self.support + self.query[t.name], replace=False)
         ep = Episode(self.count, t.name, [pool[i] for i in idx[: self.support]],
                      [pool[i] for i in idx[self.support:]])
         self.count += 1

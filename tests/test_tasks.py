@@ -188,10 +188,12 @@ def test_unknown_task_suggests_close_names():
         tasks.load("aclsum-titel")
 
 
-def test_split_smaller_than_support_plus_query(tokenizer, fmt):
+def test_split_smaller_than_support_or_shots(tokenizer, fmt):
     prepared = _prepared(tokenizer, fmt, ("aclsum-title",))
-    with pytest.raises(UserError, match="fewer than --support 64 \\+ --query 64"):
-        episodes.EpisodeSampler(prepared, support=64, query=64)
+    with pytest.raises(UserError, match="100 usable examples, fewer than --support 128"):
+        episodes.EpisodeSampler(prepared, support=128, query=0)
+    capped = episodes.EpisodeSampler(prepared, support=32, query=128)  # M capped, not an error
+    assert capped.query_caps == {"aclsum-title": 68} and len(capped.sample().query) == 68
     with pytest.raises(UserError, match="--shots 500 is more than"):
         episodes.draw_shots(prepared[0].splits["train"], 500, seed=0, task="aclsum-title")
 

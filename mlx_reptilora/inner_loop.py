@@ -1,0 +1,149 @@
+"""The inner loop shared by every meta-learner: T optimizer steps on a task's support set, starting
+from whatever adapters the model holds. Only the LoRA tensors are read or written; the base weights
+are never copied.
+
+Two functions are compiled once and reused for every step, episode and task: the gradient of one
+micro-batch, and the optimizer update. They take the model, optimizer and RNG state explicitly
+(mx.compile inputs/outputs), so the only retraces come from new bucket shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from . import adapters, episodes
+from .errors import UserError
+from .losses import batch_arrays, summed_loss
+
+OPTIMIZERS = ("adamw", "adam0", "sgd")
+
+
+@dataclass
+class InnerConfig:
+    steps: int = 7
+    lr: float = 5e-4
+    optimizer: str = "adamw"  # adamw | adam0 (Adam with beta1 = 0, as in Reptile) | sgd
+    weight_decay: float = 0.01  # AdamW's (PyTorch's default, as the paper used)
+    grad_clip: float = 0.5  # global norm; 0 = off
+    micro_batch: int = 4  # examples per forward pass; gradients accumulate to the whole batch
+    batch: int | None = None  # examples per step; None = the whole support set
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def make_optimizer(cfg: InnerConfig) -> optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return optim.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam0":
+        return optim.Adam(learning_rate=cfg.lr, betas=[0.0, 0.999])
+    if cfg.optimizer == "sgd":
+        return optim.SGD(learning_rate=cfg.lr)
+    raise UserError(f"--inner-optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _copy(tree):
+    return tree_map(lambda x: x, tree)  # new containers, same (immutable) arrays
+
+
+class InnerLoop:
+    def __init__(self, model: nn.Module, cfg: InnerConfig, bucket_lengths: list[int]):
+        self.model, self.cfg, self.bucket_lengths = model, cfg, bucket_lengths
+        self.optimizer = make_optimizer(cfg)
+        self.optimizer.init(model.trainable_parameters())
+        self._fresh = _copy(self.optimizer.state)
+        self.traces = 0  # how often a compiled function was traced (tests: no retrace per episode)
+
+        def train_loss(*arrays):
+            self.traces += 1  # runs only while tracing
+            model.train()  # the traced graph includes dropout
+            return summed_loss(model, *arrays)
+
+        def eval_loss(*arrays):
+            self.traces += 1
+            model.eval()  # the traced graph has no dropout
+            return summed_loss(model, *arrays)
+
+        loss_and_grad = nn.value_and_grad(model, train_loss)
+        # value_and_grad swaps the adapters for traced arrays inside the model: listing model.state
+        # as an output writes the real ones back after each call.
+        self._grad = mx.compile(loss_and_grad, inputs=[model.state, mx.random.state],
+                                outputs=[model.state, mx.random.state])
+        self._eval = mx.compile(eval_loss, inputs=[model.state])
+
+        state = [model.state, self.optimizer.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def update(grads, scale):
+            self.traces += 1
+            grads = tree_map(lambda g: g * scale, grads)
+            if cfg.grad_clip > 0:
+                grads, _ = optim.clip_grad_norm(grads, cfg.grad_clip)
+            self.optimizer.update(model, grads)
+
+        self._update = update
+
+    # -- state ------------------------------------------------------------------------------
+    def reset_optimizer(self) -> None:
+        """A fresh optimizer for a new task, restored in place (the compiled update holds this dict)."""
+        self.optimizer.state.update(_copy(self._fresh))
+
+    def optimizer_state(self) -> dict:
+        return self.optimizer.state
+
+    # -- work -------------------------------------------------------------------------------
+    def batches(self, examples) -> list[episodes.Batch]:
+        return episodes.micro_batches(examples, self.cfg.micro_batch, self.bucket_lengths)
+
+    def step(self, batches: list[episodes.Batch]) -> float:
+        """One optimizer step on the mean token loss over all `batches`; returns that loss."""
+        total, grads, n = 0.0, None, 0
+        for b in batches:
+            loss, g = self._grad(*batch_arrays(b))
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            mx.eval(loss, grads)  # one micro-batch's activations alive at a time
+            total += loss.item()
+            n += b.n_targets
+        if not math.isfinite(total):
+            raise NonFiniteLoss(total)
+        self._update(grads, mx.array(1.0 / n, dtype=mx.float32))
+        mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+        return total / n
+
+    def adapt(self, support, steps: int | None = None, rng: np.random.Generator | None = None) -> list[float]:
+        """`steps` optimizer steps on `support` from the current adapters; the per-step losses."""
+        steps = self.cfg.steps if steps is None else steps
+        whole = None if self.cfg.batch else self.batches(support)  # same batches every step
+        losses = []
+        for _ in range(steps):
+            if whole is None:
+                rng = rng or np.random.default_rng(0)
+                pick = rng.choice(len(support), min(self.cfg.batch, len(support)), replace=False)
+                losses.append(self.step(self.batches([support[i] for i in pick])))
+            else:
+                losses.append(self.step(whole))
+        return losses
+
+    def loss(self, examples) -> float:
+        """Mean token loss on `examples` (dropout off), without touching the adapters."""
+        total, n = 0.0, 0
+        for b in self.batches(examples):
+            loss = self._eval(*batch_arrays(b))
+            total += loss.item()
+            n += b.n_targets
+        return total / n
+
+    def weights(self) -> dict:
+        return adapters.get_weights(self.model)
+
+    def set_weights(self, weights: dict) -> None:
+        adapters.set_weights(self.model, weights)
