@@ -81,10 +81,6 @@ def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (it
                    f"{np.median(summ):>12.0f} / {np.percentile(summ, 95):<8.0f}   {cut:>6}")
 
 
-def _not_built(name: str):
-    raise UserError(f"`{name}` is not built yet")
-
-
 @app.command("meta-train")
 def meta_train(
     config_file: Optional[str] = typer.Option(None, "-c", "--config",
@@ -136,16 +132,92 @@ def meta_train(
     mt.run(cfg)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def adapt(ctx: typer.Context):
+
+@app.command()
+def adapt(
+    task: str = typer.Option(..., help="task name or folder"),
+    shots: int = typer.Option(..., help="k training examples to adapt on; 0 = no adaptation"),
+    adapters: Optional[str] = typer.Option(None, help="meta-learned adapters folder [standard LoRA start]"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    config_file: Optional[str] = typer.Option(None, "-c", "--config", help="YAML file; keys as the flags"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps [7]"),
+    lr: Optional[float] = typer.Option(None, help="learning rate [5e-4]"),
+    grad_clip: Optional[float] = typer.Option(None, help="gradient-norm clip [0.5]"),
+    micro_batch: Optional[int] = typer.Option(None, help="examples per forward pass [4]"),
+    rank: Optional[int] = typer.Option(None, help="standard start only: LoRA rank [16]"),
+    alpha: Optional[float] = typer.Option(None, help="standard start only: LoRA alpha [32]"),
+    dropout: Optional[float] = typer.Option(None, help="standard start only: LoRA dropout [0.1]"),
+    max_length: Optional[int] = typer.Option(None, help="max tokens per example [512]"),
+    seed: Optional[int] = typer.Option(None, help="which shots are drawn [0]"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [by device]"),
+    quantize: Optional[int] = typer.Option(None, help="quantize the frozen base to N bits (QLoRA)"),
+    out: Optional[str] = typer.Option(None, help="output folder for the adapted adapters [runs/adapted]"),
+    quiet: Optional[bool] = typer.Option(None, "--quiet", "-q"),
+):
     """Fine-tune LoRA on k examples of a task, from the meta-learned or the standard start."""
-    _not_built("adapt")
+    from . import adapt as ad, config
+
+    cfg = config.build(ad.AdaptConfig, config_file, task=task, shots=shots, adapters=adapters, model=model,
+                       steps=steps, lr=lr, grad_clip=grad_clip, micro_batch=micro_batch, rank=rank, alpha=alpha,
+                       dropout=dropout, max_length=max_length, seed=seed, dtype=dtype, quantize=quantize, out=out,
+                       quiet=quiet)
+    ad.run(cfg)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate(ctx: typer.Context):
-    """Generate summaries for a task's test split and score ROUGE-1/2/L."""
-    _not_built("evaluate")
+@app.command()
+def evaluate(
+    task: str = typer.Option(..., help="task name or folder"),
+    adapters: Optional[str] = typer.Option(None, help="adapters folder [none: the base model]"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    split: str = typer.Option("test", help="test | valid"),
+    limit: Optional[int] = typer.Option(None, help="evaluate the first N examples only"),
+    batch_size: int = typer.Option(16, help="sequences generated together"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="[1.5 x the 95th percentile training summary]"),
+    max_length: int = typer.Option(512, help="max prompt tokens; documents are truncated"),
+    in_context: int = typer.Option(0, help="k training examples in the prompt (in-context baseline)"),
+    shots: int = typer.Option(0, help="recorded in the JSON: shots the adapters were tuned on"),
+    seed: int = typer.Option(0, help="recorded; picks the in-context shots"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [by device]"),
+    quantize: Optional[int] = typer.Option(None, help="quantize the frozen base to N bits"),
+    json_path: Optional[str] = typer.Option(None, "--json", help="write the scores here (+ .predictions.jsonl)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Generate summaries for a task's test split and score ROUGE-1/2/L (bootstrap 95% intervals)."""
+    from . import evaluate as ev
+
+    ev.run(ev.EvalConfig(task=task, adapters=adapters, model=model, split=split, limit=limit, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, max_length=max_length, in_context=in_context, shots=shots,
+                         seed=seed, dtype=dtype, quantize=quantize, json=json_path, quiet=quiet))
+
+
+@app.command()
+def compare(
+    adapters: str = typer.Option(..., help="the meta-learned adapters folder"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated tasks [the 5 offline tasks]"),
+    shots: Optional[str] = typer.Option(None, help="comma-separated shot counts [0,1,5]"),
+    draws: Optional[int] = typer.Option(None, help="draws of the shots per k > 0 [3]"),
+    systems: Optional[str] = typer.Option(None, help="lora,reptilora,in-context [all]"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    config_file: Optional[str] = typer.Option(None, "-c", "--config", help="YAML file; keys as the flags"),
+    steps: Optional[int] = typer.Option(None, help="adaptation steps [7]"),
+    lr: Optional[float] = typer.Option(None, help="adaptation learning rate [5e-4]"),
+    split: Optional[str] = typer.Option(None, help="test | valid [test]"),
+    limit: Optional[int] = typer.Option(None, help="first N examples of the split [all]"),
+    batch_size: Optional[int] = typer.Option(None, help="sequences generated together [16]"),
+    max_length: Optional[int] = typer.Option(None, help="max tokens per example [512]"),
+    seed: Optional[int] = typer.Option(None, help="base seed of the draws [0]"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [by device]"),
+    out: Optional[str] = typer.Option(None, help="output folder [runs/compare]"),
+    quiet: Optional[bool] = typer.Option(None, "--quiet", "-q"),
+):
+    """The paper's table and charts: LoRA vs ReptiLoRA vs in-context at 0/1/5 shots."""
+    from . import compare as cp, config
+
+    ints = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
+    cfg = config.build(cp.CompareConfig, config_file, adapters=adapters, tasks=tasks, shots=ints(shots), draws=draws,
+                       systems=systems, model=model, steps=steps, lr=lr, split=split, limit=limit,
+                       batch_size=batch_size, max_length=max_length, seed=seed, dtype=dtype, out=out, quiet=quiet)
+    cp.run(cfg)
 
 
 def _interrupt(signum, frame):

@@ -97,10 +97,15 @@ def make_batch(examples: list[prompts.Tokenized], bucket_lengths: list[int], row
 
 
 def micro_batches(examples: list[prompts.Tokenized], size: int, bucket_lengths: list[int]) -> list[Batch]:
-    """Fixed-size micro-batches (the last padded with empty rows), sorted by length so that short
-    examples share short buckets."""
+    """Micro-batches of `size` rows, sorted by length so that short examples share short buckets.
+    A short last chunk is padded with empty rows to a power of two (5 shots at size 4: 4 + 1, not
+    4 + 4), which keeps the set of compiled shapes small without computing many empty rows."""
     ordered = sorted(examples, key=lambda e: len(e.ids))
-    return [make_batch(ordered[i: i + size], bucket_lengths, rows=size) for i in range(0, len(ordered), size)]
+    out = []
+    for i in range(0, len(ordered), size):
+        chunk = ordered[i: i + size]
+        out.append(make_batch(chunk, bucket_lengths, rows=min(size, _bucket(len(chunk), 1))))
+    return out
 
 
 @dataclass

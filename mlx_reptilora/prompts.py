@@ -72,3 +72,43 @@ def tokenize(fmt: PromptFormat, tokenizer, examples: list[Example], max_length: 
         prompt = fmt.prefix + d[:budget] + fmt.suffix
         out.append(Tokenized(np.array(prompt + target, dtype=np.int32), len(prompt), len(d) > budget))
     return out
+
+
+def in_context(tokenizer, shots: list[Example], examples: list[Example], max_length: int,
+               instruction: str = INSTRUCTION) -> list[list[int]]:
+    """Prompts for the in-context baseline: the k shots as earlier user/assistant turns, then the
+    document. Documents (shots' and the query's) share what --max-length leaves after the fixed text
+    and the shots' summaries; each is truncated to an equal share, summaries never."""
+    if not shots:
+        fmt = PromptFormat.for_tokenizer(tokenizer, instruction)
+        return [t.ids.tolist() for t in tokenize(fmt, tokenizer, examples, max_length, with_summary=False)]
+    slots = [f"\x00D{i}\x00" for i in range(len(shots) + 1)]
+    answers = [f"\x00S{i}\x00" for i in range(len(shots))]
+    if getattr(tokenizer, "chat_template", None):
+        messages = []
+        for d, s in zip(slots, answers):
+            messages += [{"role": "user", "content": f"{instruction}\n\n{d}"}, {"role": "assistant", "content": s}]
+        messages.append({"role": "user", "content": f"{instruction}\n\n{slots[-1]}"})
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        text = "".join(f"{instruction}\n\n{d}\n\nSummary: {s}\n\n" for d, s in zip(slots, answers))
+        text += f"{instruction}\n\n{slots[-1]}\n\nSummary:"
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
+    # Split the rendered text into fixed pieces around the slots, in order.
+    pieces, rest = [], text
+    for slot in [x for pair in zip(slots, answers) for x in pair] + [slots[-1]]:
+        before, rest = rest.split(slot, 1)
+        pieces.append(enc(before))
+    pieces.append(enc(rest))
+    summaries = [enc(s.summary) for s in shots]
+    shot_docs = [enc(s.document) for s in shots]
+    fixed = sum(len(p) for p in pieces) + sum(len(s) for s in summaries)
+    out = []
+    for doc in tokenizer._tokenizer([e.document for e in examples], add_special_tokens=False)["input_ids"]:
+        share = max(0, (max_length - fixed) // (len(shots) + 1))
+        ids = []
+        for i in range(len(shots)):
+            ids += pieces[2 * i] + shot_docs[i][:share] + pieces[2 * i + 1] + summaries[i]
+        ids += pieces[2 * len(shots)] + doc[:share] + pieces[-1]
+        out.append(ids)
+    return out

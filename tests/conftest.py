@@ -12,9 +12,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import mlx.core as mx  # noqa: E402  (after mlx_reptilora's BLAS preload below)
+import mlx_reptilora  # noqa: E402,F401  -- first: it preloads OpenBLAS before mlx.core loads
 
-import mlx_reptilora  # noqa: E402,F401
+import mlx.core as mx  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    from mlx_reptilora import _blas
+
+    # A suite on MLX's reference BLAS runs ~10x slower: say so rather than crawl.
+    if _blas.status["reason"].startswith("mlx was imported before"):
+        raise pytest.UsageError("mlx.core was imported before mlx_reptilora; the OpenBLAS preload missed")
 
 
 @pytest.fixture(scope="session", autouse=True)

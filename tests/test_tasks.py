@@ -129,11 +129,12 @@ def test_task_choice_is_uniform_or_weighted(tokenizer, fmt):
 def test_batches_use_fixed_buckets(tokenizer, fmt):
     assert episodes.buckets(512) == [64, 128, 256, 512]
     prepared = _prepared(tokenizer, fmt, ("pydoc",))[0]
-    exs = prepared.splits["train"][:10]
+    exs = prepared.splits["train"][:11]
     mbs = episodes.micro_batches(exs, 4, episodes.buckets(256))
-    assert [b.tokens.shape[0] for b in mbs] == [4, 4, 4]
+    assert [b.tokens.shape[0] for b in mbs] == [4, 4, 4]  # 3 left over: padded to 4 rows
     assert all(b.tokens.shape[1] in (64, 128, 256) for b in mbs)
-    assert mbs[-1].lengths[2:].tolist() == [0, 0]  # padding rows carry no loss
+    assert mbs[-1].lengths[3:].tolist() == [0]  # padding rows carry no loss
+    assert [b.tokens.shape[0] for b in episodes.micro_batches(exs[:5], 4, [256])] == [4, 1]
     assert sum(b.n_targets for b in mbs) == sum(len(e.ids) - e.prompt_len for e in exs)
 
 

@@ -1,0 +1,173 @@
+"""`mlx-reptilora compare`: the paper's table — LoRA (standard start) vs ReptiLoRA (meta start) vs
+in-context — for a set of tasks at 0/1/5 shots, each k > 0 averaged over several draws of the shots.
+
+The draws of one cell are pooled (every test example once per draw) into one bootstrap estimate,
+so the interval covers both which examples were tested and which shots were drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import adapters, episodes, evaluate, models, prompts, tasks
+from .errors import UserError
+from .inner_loop import InnerConfig, InnerLoop
+from .progress import Progress
+
+SYSTEMS = ("lora", "reptilora", "in-context")
+LABELS = {"lora": "LoRA", "reptilora": "ReptiLoRA", "in-context": "In-context"}
+
+
+@dataclass
+class CompareConfig:
+    adapters: str = "runs/meta"  # the meta-learned start
+    tasks: list[str] = field(default_factory=lambda: list(tasks.OFFLINE_TASKS))
+    shots: list[int] = field(default_factory=lambda: [0, 1, 5])
+    draws: int = 3
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    model: str | None = None
+    steps: int = 7
+    lr: float = 5e-4
+    grad_clip: float = 0.5
+    micro_batch: int = 4
+    split: str = "test"
+    limit: int | None = None
+    batch_size: int = 16
+    max_length: int = 512
+    seed: int = 0
+    dtype: str | None = None
+    quantize: int | None = None
+    out: str = "runs/compare"
+    quiet: bool = False
+
+
+def _cells(cfg: CompareConfig):
+    for name in cfg.tasks:
+        for k in cfg.shots:
+            for system in cfg.systems:
+                if k == 0 and system == "in-context" and "lora" in cfg.systems:
+                    continue  # 0-shot in-context is the base model, which is 0-shot LoRA
+                yield name, k, system
+
+
+def run(cfg: CompareConfig) -> dict:
+    unknown = [s for s in cfg.systems if s not in SYSTEMS]
+    if unknown:
+        raise UserError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    if cfg.draws < 1 or any(k < 0 for k in cfg.shots):
+        raise UserError("--draws must be >= 1 and --shots non-negative")
+    lora = adapters.read_config(cfg.adapters)
+    meta = adapters.read_weights(cfg.adapters)
+    loaded = {n: tasks.load(n) for n in cfg.tasks}
+    for t in loaded.values():
+        evaluate.examples_of(t, cfg.split, cfg.limit)
+    base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
+    adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
+    standard = adapters.get_weights(base.model)
+    adapters.check_fit(base.model, meta, cfg.adapters)
+    inner = InnerLoop(base.model, InnerConfig(cfg.steps, cfg.lr, grad_clip=cfg.grad_clip, micro_batch=cfg.micro_batch),
+                      episodes.buckets(cfg.max_length))
+    fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
+    train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]
+             for n, t in loaded.items()}
+    for n, k in ((n, k) for n in loaded for k in cfg.shots):
+        if k > len(train[n]):
+            raise UserError(f"--shots {k} is more than the {len(train[n])} usable training examples of {n}")
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = list(_cells(cfg))
+    progress = Progress(len(cells), quiet=cfg.quiet)
+    rows = []
+    for i, (name, k, system) in enumerate(cells):
+        task = loaded[name]
+        predictions, references = [], []
+        for d in range(cfg.draws if k else 1):
+            seed = cfg.seed + d
+            adapters.set_weights(base.model, meta if system == "reptilora" else standard)
+            if k and system != "in-context":
+                inner.reset_optimizer()
+                inner.adapt(episodes.draw_shots(train[name], k, seed, name))
+            ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
+                                       max_length=cfg.max_length, in_context=k if system == "in-context" else 0,
+                                       seed=seed, quiet=True)
+            result = evaluate.evaluate(base, task, ecfg)
+            predictions += [p["prediction"] for p in result["_predictions"]]
+            references += [p["reference"] for p in result["_predictions"]]
+        row = {"task": name, "system": system, "shots": k, "draws": cfg.draws if k else 1,
+               "n": len(predictions), **evaluate.rouge(predictions, references, cfg.seed)}
+        rows.append(row)
+        (out / "predictions").mkdir(exist_ok=True)
+        (out / "predictions" / f"{name}-{system}-{k}shot.jsonl").write_text(
+            "".join(json.dumps({"prediction": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
+        progress.update(i + 1, f"{name} {LABELS[system]} {k}-shot: ROUGE-L {row['rougeL']['mid']:.2f}")
+    progress.close()
+    if "lora" in cfg.systems and "in-context" in cfg.systems:
+        rows += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
+                 for r in rows if r["system"] == "lora" and r["shots"] == 0]
+    result = {"config": {**cfg.__dict__}, "rows": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    table = markdown_table(rows, cfg)
+    (out / "table.md").write_text(table)
+    for name in cfg.tasks:
+        chart(rows, name, cfg, out / f"{name}.png")
+    if not cfg.quiet:
+        print(table)
+        print(f"results: {out}/results.json, {out}/table.md, charts {out}/<task>.png")
+    return result
+
+
+def _cell(rows, task, system, k):
+    return next((r for r in rows if (r["task"], r["system"], r["shots"]) == (task, system, k)), None)
+
+
+def markdown_table(rows: list[dict], cfg: CompareConfig) -> str:
+    systems = [s for s in SYSTEMS if s in cfg.systems]
+    metrics = (("rougeL", "R-L"), ("rouge1", "R-1"), ("rouge2", "R-2"))
+    head = "| task | shots | " + " | ".join(f"{LABELS[s]} {m}" for _, m in metrics for s in systems) + " |"
+    lines = [head, "|" + " --- |" * (2 + len(metrics) * len(systems))]
+    for name in cfg.tasks:
+        for k in cfg.shots:
+            cells = []
+            for key, _ in metrics:
+                for s in systems:
+                    r = _cell(rows, name, s, k)
+                    cells.append(f"{r[key]['mid']:.2f} [{r[key]['low']:.1f}, {r[key]['high']:.1f}]" if r else "–")
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"ROUGE F x100, bootstrap mean [95% interval]; k > 0: {cfg.draws} draws of the shots pooled; "
+                 f"split {cfg.split}" + (f", first {cfg.limit} examples" if cfg.limit else "") + ".")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path) -> None:
+    """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = ReptiLoRA, solid = LoRA."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [s for s in SYSTEMS if s in cfg.systems]
+    style = {"lora": dict(color="#4C72B0"), "reptilora": dict(color="#DD8452", hatch="//", edgecolor="black"),
+             "in-context": dict(color="#8C8C8C")}
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    width = 0.8 / len(systems)
+    for j, s in enumerate(systems):
+        xs, ys, errs = [], [], [[], []]
+        for i, k in enumerate(cfg.shots):
+            r = _cell(rows, task, s, k)
+            if r:
+                xs.append(i + (j - (len(systems) - 1) / 2) * width)
+                ys.append(r["rougeL"]["mid"])
+                errs[0].append(r["rougeL"]["mid"] - r["rougeL"]["low"])
+                errs[1].append(r["rougeL"]["high"] - r["rougeL"]["mid"])
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=LABELS[s], **style[s])
+    ax.set_xticks(range(len(cfg.shots)), [f"{k}-shot" for k in cfg.shots])
+    ax.set_ylabel("ROUGE-L F (x100)")
+    ax.set_title(task)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,123 @@
+"""`mlx-reptilora evaluate`: batched greedy summaries for a task's test split, scored with
+rouge-score (ROUGE-1/2/L F, stemming on) as a bootstrap mean with a 95% interval."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import adapters, models, prompts, tasks
+from .errors import UserError
+
+METRICS = ("rouge1", "rouge2", "rougeL")
+
+
+@dataclass
+class EvalConfig:
+    task: str = "aclsum-title"
+    adapters: str | None = None  # None = the base model
+    model: str | None = None
+    split: str = "test"
+    limit: int | None = None  # the first N examples
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # None = derived from the task's training summaries
+    max_length: int = 512
+    in_context: int = 0  # k training examples in the prompt (the in-context baseline)
+    shots: int = 0  # recorded: how many shots the adapters were tuned on
+    seed: int = 0  # recorded; and which in-context shots are drawn
+    bootstrap_seed: int = 0
+    dtype: str | None = None
+    quantize: int | None = None
+    json: str | None = None
+    predictions: str | None = None  # default: next to --json
+    quiet: bool = False
+
+
+def max_new_tokens(task: tasks.Task, tokenizer) -> int:
+    """Room for 1.5x the 95th-percentile training summary, plus EOS."""
+    refs = [e.summary for e in task.splits.get("train") or task.split("valid")]
+    lengths = [len(x) for x in tokenizer._tokenizer(refs, add_special_tokens=False)["input_ids"]]
+    return int(math.ceil(1.5 * np.percentile(lengths, 95))) + 1
+
+
+def generate(base: models.Base, prompt_ids: list[list[int]], max_tokens: int, batch_size: int) -> tuple[list[str], dict]:
+    from mlx_lm.generate import batch_generate
+
+    base.model.eval()
+    t = time.perf_counter()
+    r = batch_generate(base.model, base.tokenizer, prompt_ids, max_tokens=max_tokens, return_token_ids=True,
+                       completion_batch_size=batch_size, prefill_batch_size=batch_size)
+    seconds = time.perf_counter() - t
+    n_tokens = sum(len(ids) for ids in r.token_ids)
+    texts = [t.strip() for t in r.texts]
+    return texts, {"generated_tokens": n_tokens, "seconds": round(seconds, 2),
+                   "generated_tokens_per_s": round(n_tokens / seconds, 1)}
+
+
+def rouge(predictions: list[str], references: list[str], seed: int = 0) -> dict:
+    """Bootstrap-aggregated ROUGE F-measures in points (x100): {metric: {low, mid, high}}."""
+    from rouge_score import rouge_scorer, scoring
+
+    scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
+    np.random.seed(seed)  # BootstrapAggregator resamples with numpy's global RNG
+    agg = scoring.BootstrapAggregator()
+    for p, r in zip(predictions, references):
+        agg.add_scores(scorer.score(r, p))
+    result = agg.aggregate()
+    return {m: {"low": 100 * result[m].low.fmeasure, "mid": 100 * result[m].mid.fmeasure,
+                "high": 100 * result[m].high.fmeasure} for m in METRICS}
+
+
+def examples_of(task: tasks.Task, split: str, limit: int | None) -> list[tasks.Example]:
+    exs = task.split(split)
+    return exs[:limit] if limit else exs
+
+
+def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig) -> list[list[int]]:
+    if cfg.in_context:
+        train = task.split("train")
+        if cfg.in_context > len(train):
+            raise UserError(f"--in-context {cfg.in_context} is more than the {len(train)} training examples of {task.name}")
+        rng = np.random.Generator(np.random.PCG64(cfg.seed))
+        shots = [train[i] for i in rng.choice(len(train), cfg.in_context, replace=False)]
+        return prompts.in_context(base.tokenizer, shots, exs, cfg.max_length)
+    return prompts.in_context(base.tokenizer, [], exs, cfg.max_length)
+
+
+def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:
+    """Scores for the adapters now in `base.model` (or none)."""
+    exs = examples_of(task, cfg.split, cfg.limit)
+    limit = cfg.max_new_tokens or max_new_tokens(task, base.tokenizer)
+    texts, speed = generate(base, prompts_for(base, task, exs, cfg), limit, cfg.batch_size)
+    scores = rouge(texts, [e.summary for e in exs], cfg.bootstrap_seed)
+    return {"task": task.name, "split": cfg.split, "n": len(exs), "shots": cfg.shots, "in_context": cfg.in_context,
+            "seed": cfg.seed, "adapters": cfg.adapters, "max_new_tokens": limit, **scores, "speed": speed,
+            "_predictions": [{"id": e.id, "prediction": t, "reference": e.summary} for e, t in zip(exs, texts)]}
+
+
+def run(cfg: EvalConfig) -> dict:
+    task = tasks.load(cfg.task)
+    examples_of(task, cfg.split, cfg.limit)  # a missing split fails before the model loads
+    base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
+    if cfg.adapters:
+        adapters.load(base.model, cfg.adapters)
+    result = evaluate(base, task, cfg)
+    preds = result.pop("_predictions")
+    if cfg.json or cfg.predictions:
+        pred_path = Path(cfg.predictions or Path(cfg.json).with_suffix(".predictions.jsonl"))
+        pred_path.parent.mkdir(parents=True, exist_ok=True)
+        pred_path.write_text("".join(json.dumps(p) + "\n" for p in preds))
+        result["predictions"] = str(pred_path)
+    if cfg.json:
+        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json).write_text(json.dumps(result, indent=2))
+    if not cfg.quiet:
+        print(f"{task.name} ({cfg.split}, n={result['n']}): " + ", ".join(
+            f"{m} {result[m]['mid']:.2f} [{result[m]['low']:.2f}, {result[m]['high']:.2f}]" for m in METRICS)
+            + f"; {result['speed']['generated_tokens_per_s']} generated tok/s")
+    return result

@@ -1,0 +1,118 @@
+"""The same inner loop in PyTorch + PEFT, for cross-checking the MLX code and for side-by-side speed.
+
+It loads the same HF-format checkpoint in transformers, attaches PEFT LoRA with the same rank, alpha,
+dropout and target modules, and trains on the very same token batches (our `episodes.Batch`) with
+the same summary-only loss, AdamW (bias-corrected, eps 1e-8, decoupled weight decay) and clipping.
+Needs the `crosscheck` extra: torch, transformers, peft.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import adapters
+from .episodes import Batch
+from .errors import UserError
+from .inner_loop import InnerConfig
+
+
+def _torch():
+    try:
+        import torch  # noqa: F401
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"the PyTorch path needs the crosscheck extra ({e.name} is missing): "
+                        f"pip install 'mlx-reptilora[crosscheck]'") from None
+    import torch
+
+    return torch
+
+
+def device() -> str:
+    return "cuda" if _torch().cuda.is_available() else "cpu"
+
+
+def load_peft(path, lora: adapters.LoraConfig, dtype: str = "float32", dev: str | None = None):
+    torch = _torch()
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dev = dev or device()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).to(dev)
+    n_layers = model.config.num_hidden_layers
+    layers = None if lora.num_layers == -1 else list(range(n_layers - lora.num_layers, n_layers))
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                     target_modules=sorted({k.rsplit(".", 1)[-1] for k in lora.keys}),
+                     layers_to_transform=layers, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def _peft_name(mlx_name: str) -> str:
+    module, leaf = mlx_name.rsplit(".", 1)
+    return f"base_model.model.{module}.{'lora_A' if leaf == 'lora_a' else 'lora_B'}.default.weight"
+
+
+def set_adapters(model, weights: dict) -> None:
+    """Copy MLX adapters ({name: mx.array}) into the PEFT model (transposed to PEFT's layout)."""
+    torch = _torch()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, w in weights.items():
+            p = params[_peft_name(name)]
+            p.copy_(torch.from_numpy(np.array(w, dtype=np.float32).T.copy()).to(p.dtype))
+
+
+def get_adapters(model, names) -> dict:
+    """The PEFT adapters as float32 numpy arrays under MLX names and layout."""
+    params = dict(model.named_parameters())
+    return {n: params[_peft_name(n)].detach().float().cpu().numpy().T for n in names}
+
+
+def summed_loss(model, batch: Batch, dev: str):
+    """The same loss as losses.summed_loss: summary positions only, summed over tokens."""
+    torch = _torch()
+    tokens = torch.from_numpy(batch.tokens.astype(np.int64)).to(dev)
+    inner = model.get_base_model()
+    hidden = inner.model(input_ids=tokens).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(batch.target_index.astype(np.int64)).to(dev)]
+    logits = inner.lm_head(hidden).float()
+    ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(batch.target_ids.astype(np.int64)).to(dev),
+                                           reduction="none")
+    return (ce * torch.from_numpy(batch.target_weight).to(dev)).sum()
+
+
+class TorchInnerLoop:
+    """InnerLoop's twin: one optimizer step = mean token loss over micro-batches, clip, AdamW."""
+
+    def __init__(self, model, cfg: InnerConfig, dev: str | None = None):
+        torch = _torch()
+        if cfg.optimizer != "adamw":
+            raise UserError("the PyTorch path implements the paper's AdamW only")
+        self.model, self.cfg, self.dev = model, cfg, dev or device()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)
+
+    def reset_optimizer(self) -> None:
+        self.optimizer.state.clear()
+
+    def step(self, batches: list[Batch]) -> float:
+        torch = _torch()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        n = sum(b.n_targets for b in batches)
+        total = 0.0
+        for b in batches:
+            loss = summed_loss(self.model, b, self.dev)
+            (loss / n).backward()
+            total += loss.item()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        return total / n
+
+    def loss(self, batches: list[Batch]) -> float:
+        torch = _torch()
+        self.model.eval()
+        with torch.no_grad():
+            return sum(summed_loss(self.model, b, self.dev).item() for b in batches) / sum(b.n_targets for b in batches)

@@ -1,0 +1,130 @@
+"""adapt, evaluate and compare: shots 0 changes nothing, the standard start is the base model,
+ROUGE is rouge-score's, the comparison runs end to end with a real chart, bad input fails in one line."""
+
+import json
+import subprocess
+import sys
+
+import mlx.core as mx
+import pytest
+
+from mlx_reptilora import adapt, adapters, compare, evaluate, meta_train, models, prompts, tasks
+
+
+@pytest.fixture(scope="module")
+def meta_dir(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("meta") / "run"
+    meta_train.run(meta_train.MetaTrainConfig(
+        model=str(tiny_dir), tasks=["aclsum-title", "pydoc"], episodes=2, support=4, query=0, inner_steps=2, rank=4,
+        max_length=128, eval_every=0, checkpoint_every=5, out=str(out), quiet=True))
+    return out
+
+
+def test_shots_0_leaves_adapters_unchanged(tiny_dir, meta_dir, tmp_path):
+    out = adapt.run(adapt.AdaptConfig(task="aclsum-title", shots=0, adapters=str(meta_dir), model=str(tiny_dir),
+                                      out=str(tmp_path / "a"), quiet=True))
+    before, after = adapters.read_weights(meta_dir), adapters.read_weights(out)
+    assert set(before) == set(after) and all(mx.array_equal(before[k], after[k]) for k in before)
+
+
+def test_adapt_moves_the_meta_start_and_records_it(tiny_dir, meta_dir, tmp_path):
+    out = adapt.run(adapt.AdaptConfig(task="aclsum-title", shots=2, steps=2, adapters=str(meta_dir),
+                                      model=str(tiny_dir), max_length=128, out=str(tmp_path / "a"), quiet=True))
+    before, after = adapters.read_weights(meta_dir), adapters.read_weights(out)
+    assert any(not mx.array_equal(before[k], after[k]) for k in before)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["shots"] == 2 and cfg["start"] == str(meta_dir) and len(cfg["losses"]) == 2
+
+
+@pytest.mark.slow
+def test_standard_start_reproduces_the_base_model(tmp_path):
+    std = adapt.run(adapt.AdaptConfig(task="aclsum-title", shots=0, out=str(tmp_path / "std"), quiet=True))
+    common = dict(task="aclsum-title", limit=4, batch_size=4, quiet=True)
+    with_std = evaluate.run(evaluate.EvalConfig(adapters=str(std), json=str(tmp_path / "a.json"), **common))
+    plain = evaluate.run(evaluate.EvalConfig(json=str(tmp_path / "b.json"), **common))
+    a = [json.loads(line)["prediction"] for line in open(with_std["predictions"])]
+    b = [json.loads(line)["prediction"] for line in open(plain["predictions"])]
+    assert a == b and all(a)
+    for m in evaluate.METRICS:
+        assert with_std[m] == plain[m]
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert set(saved) >= {"task", "n", "shots", "seed", "adapters", "rouge1", "rouge2", "rougeL", "predictions"}
+    assert set(saved["rougeL"]) == {"low", "mid", "high"} and saved["n"] == 4
+
+
+def test_rouge_matches_rouge_score_on_a_hand_checked_pair():
+    from rouge_score import rouge_scorer
+
+    pred, ref = "the cat sat on the mat", "the cat is on the mat"
+    ours = evaluate.rouge([pred], [ref])
+    # By hand: 5 of 6 unigrams shared (P = R = 5/6); 3 of 5 bigrams; LCS "the cat on the mat" = 5.
+    assert ours["rouge1"]["mid"] == pytest.approx(100 * 5 / 6)
+    assert ours["rouge2"]["mid"] == pytest.approx(60.0)
+    assert ours["rougeL"]["mid"] == pytest.approx(100 * 5 / 6)
+    theirs = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score(ref, pred)
+    for m in evaluate.METRICS:
+        assert ours[m]["mid"] == pytest.approx(100 * theirs[m].fmeasure)
+        assert ours[m]["low"] == ours[m]["mid"] == ours[m]["high"]  # one pair: nothing to resample
+
+
+def test_in_context_prompt_holds_the_shots(bundled_dir):
+    from mlx_lm.utils import load_tokenizer
+
+    tok = load_tokenizer(bundled_dir)
+    task = tasks.load("aclsum-title")
+    shots, exs = task.splits["train"][:2], task.splits["test"][:3]
+    ids = prompts.in_context(tok, shots, exs, 400)
+    text = tok.decode(ids[0])
+    assert all(len(x) <= 400 for x in ids)
+    assert shots[0].summary in text and shots[1].summary in text
+    assert text.endswith("<|im_start|>assistant\n") and text.count("<|im_start|>user") == 3
+
+
+def test_compare_end_to_end_with_png_chart(tiny_dir, meta_dir, tmp_path):
+    cfg = compare.CompareConfig(adapters=str(meta_dir), tasks=["aclsum-title", "pydoc"], shots=[0, 1], draws=2,
+                                model=str(tiny_dir), steps=1, limit=3, batch_size=3, max_length=128,
+                                out=str(tmp_path / "cmp"), quiet=True)
+    result = compare.run(cfg)
+    cells = {(r["task"], r["system"], r["shots"]) for r in result["rows"]}
+    for t in cfg.tasks:
+        for s in compare.SYSTEMS:
+            assert (t, s, 0) in cells and (t, s, 1) in cells
+    one_shot = next(r for r in result["rows"] if r["system"] == "lora" and r["shots"] == 1)
+    assert one_shot["n"] == 6 and one_shot["draws"] == 2  # 3 examples x 2 draws, pooled
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "ReptiLoRA R-L" in table and "| pydoc | 1 |" in table
+    for t in cfg.tasks:
+        png = (tmp_path / "cmp" / f"{t}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+# ---- bad input, through the CLI as a user meets it ----------------------------------------------
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *args], capture_output=True, text=True)
+
+
+def one_line_error(r, message):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_shots_larger_than_the_training_split(tiny_dir, tmp_path):
+    one_line_error(cli("adapt", "--task", "aclsum-title", "--shots", "500", "--model", str(tiny_dir),
+                       "--out", str(tmp_path / "x")), "--shots 500 is more than the 100")
+    assert not (tmp_path / "x").exists()
+
+
+def test_adapters_folder_that_is_neither_ours_nor_mlx_lm(tiny_dir, tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "weights.bin").write_bytes(b"x")
+    one_line_error(cli("evaluate", "--task", "aclsum-title", "--adapters", str(tmp_path / "junk"),
+                       "--model", str(tiny_dir)), "neither mlx-lm adapters")
+
+
+def test_task_without_a_test_split(tiny_dir, tmp_path):
+    d = tmp_path / "onlytrain"
+    d.mkdir()
+    (d / "train.jsonl").write_text(json.dumps({"document": "a b c", "summary": "a"}) + "\n")
+    one_line_error(cli("evaluate", "--task", str(d), "--model", str(tiny_dir)), "has no test split")

@@ -1,0 +1,221 @@
+"""Reptile meta-training: the update is exactly θ + α(θ' − θ) against an independent step-by-step
+reference, meta-batches average, α anneals, nothing recompiles per episode, and a killed run
+resumes to bit-identical adapters."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+
+from mlx_reptilora import adapters, episodes, losses, meta_train, models, prompts, reptile, tasks
+from mlx_reptilora.errors import UserError
+from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
+
+
+def small_cfg(tiny_dir, out, **kw):
+    base = dict(model=str(tiny_dir), tasks=["aclsum-title"], episodes=3, support=4, query=0, inner_steps=2,
+                rank=4, dropout=0.0, max_length=128, micro_batch=2, eval_every=0, checkpoint_every=1,
+                out=str(out), quiet=True)
+    return meta_train.MetaTrainConfig(**{**base, **kw})
+
+
+def full_sequence_loss(model, batch):
+    """The textbook masked loss: logits at every position, mean over summary targets."""
+    tokens = mx.array(batch.tokens)
+    logits = model(tokens[:, :-1]).astype(mx.float32)
+    targets = tokens[:, 1:]
+    pos = mx.arange(targets.shape[1])[None]
+    mask = (pos >= mx.array(batch.prompt_lens)[:, None] - 1) & (pos < mx.array(batch.lengths)[:, None] - 1)
+    ce = nn.losses.cross_entropy(logits, targets, reduction="none")
+    return (ce * mask).sum(), mask.sum()
+
+
+def test_summary_only_loss_equals_full_sequence_loss(tiny):
+    tok = tiny.tokenizer
+    fmt = prompts.PromptFormat.for_tokenizer(tok)
+    exs = prompts.tokenize(fmt, tok, tasks.load("pydoc").splits["valid"][:3], 128)
+    batch = episodes.make_batch(exs, [128], rows=4)
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    ours = losses.summed_loss(tiny.model, *losses.batch_arrays(batch))
+    ref, n = full_sequence_loss(tiny.model, batch)
+    assert int(n) == batch.n_targets
+    assert abs(ours.item() - ref.item()) <= 1e-4 * abs(ref.item())
+
+
+def reference_adapt(model, theta, support, steps, lr, clip, micro):
+    """T AdamW steps written out plainly: full-sequence loss, no compile, no accumulation tricks."""
+    adapters.set_weights(model, theta)
+    opt = optim.AdamW(learning_rate=lr, weight_decay=0.01, bias_correction=True)  # PyTorch's AdamW
+    ordered = sorted(support, key=lambda e: len(e.ids))
+    chunks = [episodes.make_batch(ordered[i:i + micro], [64, 128], rows=micro) for i in range(0, len(ordered), micro)]
+
+    def loss_fn(m):
+        total, count = 0.0, 0
+        for b in chunks:
+            s, n = full_sequence_loss(m, b)
+            total, count = total + s, count + n
+        return total / count
+
+    vg = nn.value_and_grad(model, loss_fn)
+    for _ in range(steps):
+        _, grads = vg(model)
+        grads, _ = optim.clip_grad_norm(grads, clip)
+        opt.update(model, grads)
+        mx.eval(model.parameters(), opt.state)
+    return adapters.get_weights(model)
+
+
+def test_three_episodes_move_theta_by_exactly_alpha_times_the_difference(tiny_dir, tmp_path):
+    cfg = small_cfg(tiny_dir, tmp_path / "run")
+    meta_train.run(cfg)
+    got = adapters.read_weights(tmp_path / "run")
+
+    # Independent replay: same base, same standard start, same episodes, plain-code inner loop.
+    base = models.load(str(tiny_dir), verbose=False)
+    adapters.attach(base.model, cfg.lora(), seed=cfg.seed)
+    base.model.train()
+    theta = adapters.get_weights(base.model)
+    fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
+    prepared = [episodes.prepare(tasks.load("aclsum-title"), base.tokenizer, fmt, cfg.max_length, ("train",))]
+    sampler = episodes.EpisodeSampler(prepared, cfg.support, cfg.query, None, cfg.seed)
+    for _ in range(cfg.episodes):
+        ep = sampler.sample()
+        adapted = reference_adapt(base.model, theta, ep.support, cfg.inner_steps, cfg.inner_lr, cfg.grad_clip,
+                                  cfg.micro_batch)
+        theta = {k: theta[k] + 0.1 * (adapted[k] - theta[k]) for k in theta}
+
+    assert set(got) == set(theta)
+    for k in theta:
+        assert np.allclose(np.array(got[k]), np.array(theta[k]), rtol=1e-4, atol=1e-6), k
+    b_norm = sum(float(mx.abs(v).sum()) for k, v in got.items() if k.endswith("lora_b"))
+    assert b_norm > 0  # B moved away from its zero start
+
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["episode"] for m in metrics] == [0, 1, 2]
+    assert all(len(m["inner_losses"][0]) == 2 and m["tokens"] > 0 and m["peak_memory_gb"] > 0 for m in metrics)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["config"]["meta_lr"] == 0.1 and meta["versions"]["mlx"] and meta["tasks"]["aclsum-title"]["train"] == 100
+
+
+def test_meta_batch_averages_and_alpha_anneals(tiny):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    fmt = prompts.PromptFormat.for_tokenizer(tiny.tokenizer)
+    exs = prompts.tokenize(fmt, tiny.tokenizer, tasks.load("pydoc").splits["train"][:8], 128)
+    inner = InnerLoop(tiny.model, InnerConfig(steps=2, micro_batch=2), [64, 128])
+    theta = inner.weights()
+    supports = [exs[:4], exs[4:]]
+    new, adapted, _ = reptile.outer_step(inner, theta, supports, lr=0.5)
+    separately = []
+    for s in supports:
+        inner.set_weights(theta)
+        inner.reset_optimizer()
+        inner.adapt(s)
+        separately.append(inner.weights())
+    for k in theta:
+        assert mx.allclose(adapted[0][k], separately[0][k]) and mx.allclose(adapted[1][k], separately[1][k])
+        expected = theta[k] + 0.5 * ((separately[0][k] + separately[1][k]) / 2 - theta[k])
+        assert mx.allclose(new[k], expected, atol=1e-7)
+    assert [reptile.meta_lr(e, 5, 1.0, 0.0) for e in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert reptile.meta_lr(3, 5, 0.1, None) == 0.1
+
+
+def test_annealing_recorded_per_episode(tiny_dir, tmp_path):
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "r", episodes=3, meta_lr=1.0, meta_lr_final=0.5, inner_steps=1,
+                             meta_batch=2))
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["meta_lr"] for r in rows] == [1.0, 0.75, 0.5]
+    assert all(len(r["tasks"]) == 2 and len(r["inner_losses"]) == 2 for r in rows)
+
+
+def test_inner_step_compiles_once_not_per_episode(tiny):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4))
+    inner = InnerLoop(tiny.model, InnerConfig(steps=3, micro_batch=2), [64, 128])
+    rng = np.random.default_rng(0)
+    make = lambda: [prompts.Tokenized(rng.integers(10, 1000, 100).astype(np.int32), 80, False) for _ in range(4)]  # noqa: E731
+    theta = inner.weights()
+    reptile.outer_step(inner, theta, [make()], 0.1)
+    inner.loss(make())
+    after_first = inner.traces
+    assert 1 <= after_first <= 3  # grad, update, eval: each traced once for this shape
+    for _ in range(5):
+        theta, _, _ = reptile.outer_step(inner, theta, [make()], 0.1)
+        inner.loss(make())
+    assert inner.traces == after_first
+
+
+def test_nonfinite_losses_drop_updates_then_stop(tiny_dir, tmp_path):
+    cfg = small_cfg(tiny_dir, tmp_path / "nan", inner_lr=1e30, grad_clip=0.0, inner_steps=3, episodes=6,
+                    max_nonfinite=2)
+    with pytest.raises(UserError, match="non-finite loss"):
+        meta_train.run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped"] == "non-finite inner loss" and rows[-1]["nonfinite_in_a_row"] == 2
+
+
+def test_out_folder_is_never_overwritten_and_resume_checks_settings(tiny_dir, tmp_path):
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "r", episodes=1))
+    with pytest.raises(UserError, match="already holds a run"):
+        meta_train.run(small_cfg(tiny_dir, tmp_path / "r", episodes=1))
+    with pytest.raises(UserError, match="different settings.*inner_lr"):
+        meta_train.run(small_cfg(tiny_dir, tmp_path / "r", episodes=2, inner_lr=1e-3, resume=True))
+    with pytest.raises(UserError, match="no run to resume"):
+        meta_train.run(small_cfg(tiny_dir, tmp_path / "none", resume=True))
+
+
+def test_yaml_config_and_unknown_keys(tmp_path):
+    from mlx_reptilora import config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("inner-lr: 1\nepisodes: 4\ntasks: pydoc,aclsum-title\n")
+    cfg = config.build(meta_train.MetaTrainConfig, p, episodes=9)
+    assert cfg.inner_lr == 1.0 and isinstance(cfg.inner_lr, float) and cfg.episodes == 9
+    assert cfg.tasks == ["pydoc", "aclsum-title"]
+    assert config.build(meta_train.MetaTrainConfig, "cpu-small").episodes == 6  # shipped config by name
+    p.write_text("inner_lrr: 1\n")
+    with pytest.raises(UserError, match="unknown option 'inner_lrr'"):
+        config.build(meta_train.MetaTrainConfig, p)
+
+
+def _cli(args, env=None):
+    return [sys.executable, "-m", "mlx_reptilora", "meta-train", *args]
+
+
+def test_kill_9_then_resume_is_bit_identical(tiny_dir, tmp_path):
+    args = ["--model", str(tiny_dir), "--tasks", "aclsum-title,pydoc", "--episodes", "8", "--support", "4",
+            "--query", "4", "--inner-steps", "2", "--rank", "4", "--max-length", "128", "--eval-every", "3",
+            "--checkpoint-every", "1", "--quiet"]
+    env = {**os.environ}
+    straight = subprocess.run(_cli(args + ["--out", str(tmp_path / "straight")]), env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(args + ["--out", str(killed)]), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        m = killed / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "adapters.safetensors").exists()  # it really died part-way
+
+    resumed = subprocess.run(_cli(args + ["--out", str(killed), "--resume"]), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = adapters.read_weights(tmp_path / "straight")
+    b = adapters.read_weights(killed)
+    assert set(a) == set(b)
+    for k in a:
+        assert mx.array_equal(a[k], b[k]), k
+    rows = [json.loads(line)["episode"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(8))  # episodes after the checkpoint were logged once, not twice
