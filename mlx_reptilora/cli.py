@@ -220,6 +220,27 @@ def compare(
     cp.run(cfg)
 
 
+@app.command()
+def crosscheck(
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    tasks: str = typer.Option("aclsum-title,pydoc", help="comma-separated tasks"),
+    episodes: int = typer.Option(2, help="Reptile episodes"),
+    support: int = typer.Option(4, help="support examples per episode"),
+    inner_steps: int = typer.Option(3, help="inner AdamW steps"),
+    max_length: int = typer.Option(128, help="max tokens per example"),
+    dtype: str = typer.Option("float32", help="compute dtype of both frameworks"),
+    device: Optional[str] = typer.Option(None, help="torch device [cuda if available, else cpu]"),
+    seed: int = typer.Option(0),
+    json_path: Optional[str] = typer.Option(None, "--json", help="write the numbers here"),
+):
+    """Run the same episodes in MLX and in PyTorch + PEFT and compare losses and adapters."""
+    from . import crosscheck as cc
+
+    cc.run(cc.CrosscheckConfig(model=model, tasks=[t for t in tasks.split(",") if t], episodes=episodes,
+                               support=support, inner_steps=inner_steps, max_length=max_length, dtype=dtype,
+                               device=device, seed=seed, json=json_path))
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) checkpoints like Ctrl-C does
 

