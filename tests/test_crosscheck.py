@@ -19,7 +19,9 @@ def test_two_episodes_agree_with_pytorch_peft_on_cpu(bundled_dir):
                                                         device="cpu", quiet=True))
     assert result["lora_b_max_abs"] > 0  # the adapters really trained
     assert result["loss_max_rel_diff"] <= 1e-4, result["episodes"]
-    assert result["adapter_max_rel_diff"] <= 1e-3
+    assert result["adapters"]["rel_diff"] <= 1e-3
+    # Entries whose near-zero gradient took opposite Adam sign-steps: a handful, not a pattern.
+    assert result["adapters"]["sign_flips"] <= 1e-3 * result["adapters"]["elements"]
 
 
 def test_adapters_round_trip_through_peft_itself(tiny, tiny_dir, tmp_path):
