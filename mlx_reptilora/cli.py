@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer

@@ -8,7 +8,7 @@ import sys
 import mlx.core as mx
 import pytest
 
-from mlx_reptilora import adapt, adapters, compare, evaluate, meta_train, models, prompts, tasks
+from mlx_reptilora import adapt, adapters, compare, evaluate, meta_train, prompts, tasks
 
 
 @pytest.fixture(scope="module")

@@ -154,3 +154,21 @@ def test_corrupt_adapter_weights(tiny, tmp_path):
     (tmp_path / "a" / "adapters.safetensors").write_bytes(b"junk")
     with pytest.raises(UserError, match="cannot read"):
         adapters.read_weights(tmp_path / "a")
+
+
+def test_mlx_lm_fuse_accepts_our_adapters(tiny, tiny_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from mlx_lm.utils import load
+
+    cfg = adapters.LoraConfig(rank=4, dropout=0.0)
+    adapters.attach(tiny.model, cfg)
+    perturb(tiny.model)
+    tiny.model.eval()
+    adapters.save(tiny.model, cfg, tmp_path / "a")
+    r = subprocess.run([sys.executable, "-m", "mlx_lm", "fuse", "--model", str(tiny_dir), "--adapter-path",
+                        str(tmp_path / "a"), "--save-path", str(tmp_path / "fused")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    fused, _ = load(str(tmp_path / "fused"))
+    assert mx.allclose(fused(IDS), tiny.model(IDS), atol=1e-4)

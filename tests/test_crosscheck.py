@@ -9,7 +9,7 @@ peft = pytest.importorskip("peft")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlx_reptilora import adapters, crosscheck, models, torch_ref  # noqa: E402
+from mlx_reptilora import adapters, crosscheck, torch_ref  # noqa: E402
 
 
 @pytest.mark.slow

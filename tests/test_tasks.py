@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from mlx_reptilora import episodes, prompts, tasks
