@@ -219,3 +219,15 @@ def test_kill_9_then_resume_is_bit_identical(tiny_dir, tmp_path):
         assert mx.array_equal(a[k], b[k]), k
     rows = [json.loads(line)["episode"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(8))  # episodes after the checkpoint were logged once, not twice
+
+
+def test_qlora_meta_training_on_a_4bit_base(tiny_dir, tmp_path):
+    import mlx.nn as nn
+
+    out = meta_train.run(small_cfg(tiny_dir, tmp_path / "q", episodes=1, quantize=4))
+    cfg = json.loads((out / "meta.json").read_text())
+    assert cfg["base_model"]["quantized"] == "4-bit"
+    base = models.load(str(tiny_dir), quantize_bits=4, verbose=False)
+    adapters.load(base.model, out)  # the adapters fit the quantized base's LoRA layers
+    assert isinstance(base.model.layers[0].self_attn.q_proj.linear, nn.QuantizedLinear)
+    assert any(float(mx.abs(v).max()) > 0 for k, v in adapters.read_weights(out).items() if k.endswith("lora_b"))
