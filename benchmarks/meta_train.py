@@ -1,11 +1,11 @@
 """Inner-step throughput and Reptile meta-overhead on the bundled SmolLM2-135M, side by side with
 PyTorch + PEFT on the same batches (when the `crosscheck` extra is installed).
 
-    python benchmarks/meta_train.py [--batch 4] [--length 256] [--steps 7] [--repeats 3]
+    python benchmarks/meta_train.py [--batch 4] [--length 256] [--steps 7] [--repeats 3] [--model M]
 
 Every batch is B real aclsum-challenge examples (abstract + introduction) truncated to exactly L
 tokens, so "tokens" = B x L in both frameworks. Reported: median seconds per inner step after
-warm-up, tokens/s, and meta overhead = one Reptile episode / (T x one inner step).
+warm-up, tokens/s, and meta overhead = one Reptile episode / the sum of its T inner steps.
 """
 
 import argparse
@@ -45,15 +45,18 @@ def torch_worker(path, batch_file, repeats, steps):
 
     from mlx_reptilora import torch_ref
 
-    torch.set_num_threads(min(os.cpu_count() or 1, 2) if platform.machine() == "x86_64" else torch.get_num_threads())
+    dev = torch_ref.device()
+    if dev == "cpu":
+        torch.set_num_threads(min(os.cpu_count() or 1, 2))
     data = np.load(batch_file)
     batch = episodes.Batch(*(data[k] for k in ("tokens", "lengths", "prompt_lens", "target_index", "target_ids",
                                                "target_weight")))
     cfg = InnerConfig(steps=steps, micro_batch=batch.tokens.shape[0])
-    model = torch_ref.load_peft(path, adapters.LoraConfig(), dev="cpu")
-    inner = torch_ref.TorchInnerLoop(model, cfg, "cpu")
+    # The compute dtype MLX uses on the same device: float32 on CPU, bfloat16 on a GPU.
+    model = torch_ref.load_peft(path, adapters.LoraConfig(), dtype="float32" if dev == "cpu" else "bfloat16", dev=dev)
+    inner = torch_ref.TorchInnerLoop(model, cfg, dev)
     summary = median_time(lambda: inner.step([batch]), repeats)
-    tokens = torch.from_numpy(batch.tokens.astype("int64"))
+    tokens = torch.from_numpy(batch.tokens.astype("int64")).to(dev)
 
     def full_sequence_step():  # stock PEFT practice: logits and loss at every position
         inner.optimizer.zero_grad()
@@ -61,8 +64,8 @@ def torch_worker(path, batch_file, repeats, steps):
         torch.nn.utils.clip_grad_norm_(inner.params, cfg.grad_clip)
         inner.optimizer.step()
 
-    full = median_time(full_sequence_step, repeats)
-    print(json.dumps({"torch_step_s": summary, "torch_full_sequence_step_s": full,
+    full = median_time(lambda: (full_sequence_step(), torch.cuda.synchronize() if dev == "cuda" else None), repeats)
+    print(json.dumps({"torch_step_s": summary, "torch_full_sequence_step_s": full, "torch_device": dev,
                       "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__}))
 
 
@@ -101,15 +104,17 @@ def main():
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct")
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker(args.model_path, args.torch_worker, args.repeats, args.steps)
 
-    base = models.load(None)
+    base = models.load(args.model)
     lora = adapters.LoraConfig()
     adapters.attach(base.model, lora)
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
-    exs = [t for t in prompts.tokenize(fmt, base.tokenizer, tasks.load("aclsum-challenge").splits["train"], args.length)
+    pool = [e for split in ("train", "valid", "test") for e in tasks.load("aclsum-challenge").splits[split]]
+    exs = [t for t in prompts.tokenize(fmt, base.tokenizer, pool, args.length)
            if t is not None and len(t.ids) == args.length][: args.batch]
     assert len(exs) == args.batch
     tokens = args.batch * args.length
