@@ -159,9 +159,10 @@ class EpisodeSampler:
         self.count = state["count"]
 
 
-def draw_shots(examples: list[prompts.Tokenized], k: int, seed: int, task: str = "") -> list[prompts.Tokenized]:
-    """k training examples for adaptation, seeded; the same seed gives the same shots."""
+def draw_shots(examples: list, k: int, seed: int, task: str = "", flag: str = "--shots") -> list:
+    """k training examples (tokenized for adaptation, or raw for in-context prompts), seeded; the
+    same seed gives the same shots."""
     if k > len(examples):
-        raise UserError(f"--shots {k} is more than the {len(examples)} usable training examples of {task}")
+        raise UserError(f"{flag} {k} is more than the {len(examples)} usable training examples of {task}")
     rng = np.random.Generator(np.random.PCG64(seed))
     return [examples[i] for i in rng.choice(len(examples), k, replace=False)]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adapters, models, prompts, tasks
-from .errors import UserError
+from . import adapters, episodes, models, prompts, tasks
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 
@@ -83,14 +82,9 @@ def examples_of(task: tasks.Task, split: str, limit: int | None) -> list[tasks.E
 
 
 def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig) -> list[list[int]]:
-    if cfg.in_context:
-        train = task.split("train")
-        if cfg.in_context > len(train):
-            raise UserError(f"--in-context {cfg.in_context} is more than the {len(train)} training examples of {task.name}")
-        rng = np.random.Generator(np.random.PCG64(cfg.seed))
-        shots = [train[i] for i in rng.choice(len(train), cfg.in_context, replace=False)]
-        return prompts.in_context(base.tokenizer, shots, exs, cfg.max_length)
-    return prompts.in_context(base.tokenizer, [], exs, cfg.max_length)
+    shots = (episodes.draw_shots(task.split("train"), cfg.in_context, cfg.seed, task.name, "--in-context")
+             if cfg.in_context else [])
+    return prompts.in_context(base.tokenizer, shots, exs, cfg.max_length)
 
 
 def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:
