@@ -35,11 +35,17 @@ def device() -> str:
 
 def load_peft(path, lora: adapters.LoraConfig, dtype: str = "float32", dev: str | None = None):
     torch = _torch()
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dev = dev or device()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).to(dev)
+    return attach_peft(model, lora)
+
+
+def attach_peft(model, lora: adapters.LoraConfig):
+    """PEFT LoRA with our rank, alpha, dropout and target modules on a transformers model."""
+    from peft import LoraConfig, get_peft_model
+
     n_layers = model.config.num_hidden_layers
     layers = None if lora.num_layers == -1 else list(range(n_layers - lora.num_layers, n_layers))
     cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
@@ -73,7 +79,7 @@ def summed_loss(model, batch: Batch, dev: str):
     """The same loss as losses.summed_loss: summary positions only, summed over tokens."""
     torch = _torch()
     tokens = torch.from_numpy(batch.tokens.astype(np.int64)).to(dev)
-    inner = model.get_base_model()
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT or plain
     hidden = inner.model(input_ids=tokens).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(batch.target_index.astype(np.int64)).to(dev)]
     logits = inner.lm_head(hidden).float()

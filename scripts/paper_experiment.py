@@ -1,0 +1,254 @@
+"""The paper's experiment (its Tables 1-3, Figures 2-3) on the five offline tasks — issue #8.
+
+    python scripts/paper_experiment.py [--stage meta|tune|test|report|all] [--jobs N] [--out runs/experiment]
+
+Stages, each skipping work already on disk (re-run after a crash and it carries on):
+  meta    meta-train every start concurrently (--jobs processes): the variants tuned on the validation
+          splits, on all five tasks (protocol a), and one run per task without that task (protocol b)
+  tune    on the validation splits only: which meta-learned start (variant, episodes) and how many
+          adaptation steps, for ReptiLoRA and for LoRA separately (each baseline gets its best)
+  test    the test splits: protocol (a) LoRA / ReptiLoRA / in-context at 0/1/5 shots, 3 draws;
+          protocol (b) ReptiLoRA from the leave-one-out starts on the left-out task
+  report  docs/RESULTS.md-ready tables (tables.md) and charts from the JSON the stages wrote
+
+--quick shrinks everything (episodes, examples, draws) into a minutes-long smoke run on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+TASKS = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc"]
+# What the paper leaves open, tried on the validation splits. "paper" is Kim et al. as written.
+VARIANTS = {
+    "paper": {},  # α = 0.1 constant
+    "anneal": {"meta_lr": 1.0, "meta_lr_final": 0.0},  # Reptile's own schedule (Nichol et al.)
+}
+EARLY = 250  # also try the paper variant's start after this many episodes (a checkpoint)
+ADAPT_STEPS = [7, 21]
+IN_CONTEXT_MAX_LENGTH = 2048  # room for 5 documents in the prompt (SmolLM2 takes 8k)
+
+
+def meta_runs(args) -> dict[str, dict]:
+    """name -> meta-train settings (YAML keys). The leave-one-out runs use the paper variant."""
+    common = {"tasks": TASKS, "micro_batch": args.micro_batch, "keep_checkpoints": 20, "quiet": True,
+              "seed": args.seed, "checkpoint_every": 50}
+    if args.quick:
+        common.update(episodes=4, support=4, query=8, inner_steps=2, max_length=128, eval_every=2,
+                      checkpoint_every=2)
+    runs = {f"all-{v}": {**common, **over} for v, over in VARIANTS.items()}
+    for t in TASKS:
+        runs[f"without-{t}"] = {**common, "tasks": [x for x in TASKS if x != t]}
+    return runs
+
+
+def _cli(*argv) -> list[str]:
+    return [sys.executable, "-m", "mlx_reptilora", *argv]
+
+
+def stage_meta(args, out: Path) -> None:
+    from mlx_reptilora import config
+
+    todo = []
+    for name, settings in meta_runs(args).items():
+        folder = out / "meta" / name
+        if (folder / "adapters.safetensors").exists():
+            continue
+        cfg_path = out / "meta" / f"{name}.yaml"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        paper = yaml.safe_load(config.resolve_config("paper").read_text())  # the defaults, written out
+        merged = {**{k.replace("-", "_"): v for k, v in paper.items()}, **settings}
+        cfg_path.write_text(yaml.safe_dump({**merged, "tasks": ",".join(settings["tasks"]), "out": str(folder),
+                                            "model": args.model}))
+        argv = ["meta-train", "-c", str(cfg_path)]
+        todo.append((name, folder, argv))
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    failed = []
+    t0 = time.time()
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            name, folder, argv = todo.pop(0)
+            resume = ["--resume"] if (folder / "meta.json").exists() else []
+            log = open(out / "meta" / f"{name}.log", "a")
+            print(f"[meta] start {name}", flush=True)
+            running.append((name, subprocess.Popen(_cli(*argv, *resume), stdout=log, stderr=subprocess.STDOUT),
+                            time.time()))
+        time.sleep(5)
+        for item in list(running):
+            name, proc, started = item
+            if proc.poll() is not None:
+                running.remove(item)
+                ok = proc.returncode == 0
+                print(f"[meta] {name} {'done' if ok else f'FAILED (exit {proc.returncode})'} in "
+                      f"{time.time() - started:.0f} s", flush=True)
+                if not ok:
+                    failed.append(name)
+        if running and int(time.time() - t0) % 60 < 5:
+            print("[meta] " + ", ".join(f"{n}: {_episodes_done(out / 'meta' / n)}" for n, _, _ in running), flush=True)
+    if failed:
+        raise SystemExit(f"meta-training failed: {failed}; see {out}/meta/<name>.log")
+
+
+def _episodes_done(folder: Path) -> int:
+    try:
+        with open(folder / "metrics.jsonl") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def _early_start(out: Path, episodes: int) -> Path:
+    """The paper variant's θ after `episodes` episodes, from its checkpoint, as an adapters folder."""
+    from mlx_reptilora import adapters, checkpoint
+
+    run = out / "meta" / "all-paper"
+    dest = out / "meta" / f"all-paper-at-{episodes}"
+    if not (dest / adapters.WEIGHTS).exists():
+        _, theta, _ = checkpoint.load(run / "checkpoints" / f"episode-{episodes:06d}")
+        raw = json.loads((run / adapters.CONFIG).read_text())
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / adapters.CONFIG).write_text(json.dumps({**raw, "episodes": episodes}, indent=2))
+        import mlx.core as mx
+
+        mx.save_safetensors(str(dest / adapters.WEIGHTS), theta)
+    return dest
+
+
+def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
+    """One compare run (cached by its --out folder); its rows."""
+    from mlx_reptilora import compare
+
+    folder = Path(dest)
+    if (folder / "results.json").exists():
+        return json.loads((folder / "results.json").read_text())["rows"]
+    if args.quick:  # short prompts and few steps: a CPU smoke run of the same code
+        over.update(max_length=min(over.get("max_length", 128), 256) if "max_length" in over else 128,
+                    steps=min(over.get("steps", 2), 2))
+    cfg = compare.CompareConfig(model=args.model, batch_size=args.batch_size, seed=args.seed, quiet=True,
+                                out=str(folder), limit=args.limit, **over)
+    t = time.time()
+    rows = compare.run(cfg)["rows"]
+    print(f"[compare] {folder.relative_to(root)}: {len(rows)} cells in {time.time() - t:.0f} s", flush=True)
+    return rows
+
+
+def _mean_rouge_l(rows, shots=(1, 5)) -> float:
+    vals = [r["rougeL"]["mid"] for r in rows if r["shots"] in shots and "same_as" not in r]
+    return sum(vals) / len(vals)
+
+
+def stage_tune(args, out: Path) -> dict:
+    early = 2 if args.quick else EARLY
+    starts = {f"all-{v}": out / "meta" / f"all-{v}" for v in VARIANTS}
+    starts[f"all-paper-at-{early}"] = _early_start(out, early)
+    shots, draws = [1, 5], (1 if args.quick else 2)
+    scores = {"reptilora": {}, "lora": {}}
+    for steps in ([1, 2] if args.quick else ADAPT_STEPS):
+        for name, path in starts.items():
+            rows = _compare(args, out, adapters=str(path), systems=["reptilora"], shots=shots, draws=draws,
+                            steps=steps, split="valid", tasks=TASKS, dest=out / "tune" / f"{name}-steps{steps}")
+            scores["reptilora"][f"{name}|{steps}"] = _mean_rouge_l(rows)
+        rows = _compare(args, out, adapters=str(starts["all-paper"]), systems=["lora"], shots=shots, draws=draws,
+                        steps=steps, split="valid", tasks=TASKS, dest=out / "tune" / f"lora-steps{steps}")
+        scores["lora"][str(steps)] = _mean_rouge_l(rows)
+    best_meta = max(scores["reptilora"], key=scores["reptilora"].get)
+    choice = {"reptilora_start": best_meta.split("|")[0], "reptilora_steps": int(best_meta.split("|")[1]),
+              "lora_steps": int(max(scores["lora"], key=scores["lora"].get)),
+              "scores": scores, "criterion": "mean validation ROUGE-L over the 5 tasks at 1 and 5 shots",
+              "draws": draws}
+    (out / "tune" / "choice.json").write_text(json.dumps(choice, indent=2))
+    print(f"[tune] {json.dumps(choice)}", flush=True)
+    return choice
+
+
+def stage_test(args, out: Path) -> None:
+    choice = json.loads((out / "tune" / "choice.json").read_text())
+    start = out / "meta" / choice["reptilora_start"]
+    draws = 1 if args.quick else 3
+    common = dict(split="test", draws=draws, tasks=TASKS)
+    _compare(args, out, adapters=str(start), systems=["reptilora"], shots=[0, 1, 5],
+             steps=choice["reptilora_steps"], dest=out / "test" / "a-reptilora", **common)
+    _compare(args, out, adapters=str(start), systems=["lora"], shots=[0, 1, 5], steps=choice["lora_steps"],
+             dest=out / "test" / "a-lora", **common)
+    _compare(args, out, adapters=str(start), systems=["in-context"], shots=[1, 5], max_length=IN_CONTEXT_MAX_LENGTH,
+             dest=out / "test" / "a-in-context", **common)
+    # Protocol (b): the start never saw the task. The leave-one-out runs use the paper variant
+    # (they are trained alongside the tuning runs); the adaptation steps are the tuned ones.
+    for t in TASKS:
+        _compare(args, out, adapters=str(out / "meta" / f"without-{t}"), systems=["reptilora"], shots=[0, 1, 5],
+                 steps=choice["reptilora_steps"], dest=out / "test" / f"b-{t}", **{**common, "tasks": [t]})
+
+
+def stage_report(args, out: Path) -> None:
+    from mlx_reptilora import compare
+
+    def rows_of(name):
+        return json.loads((out / "test" / name / "results.json").read_text())["rows"]
+
+    a = rows_of("a-lora") + rows_of("a-reptilora") + rows_of("a-in-context")
+    a += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
+          for r in rows_of("a-lora") if r["shots"] == 0]
+    b = [{**r, "system": "reptilora"} for t in TASKS for r in rows_of(f"b-{t}")]
+    b += [r for r in a if r["system"] == "lora"]
+    draws = 1 if args.quick else 3
+    cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=draws, split="test", limit=args.limit)
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    table_a = compare.markdown_table(a, cfg)
+    table_b = compare.markdown_table(b, replace(cfg, systems=["lora", "reptilora"]))
+    gaps = []
+    for name, rows in (("a", a), ("b", b)):
+        for t in TASKS:
+            for k in (0, 1, 5):
+                lo = compare._cell(rows, t, "lora", k)
+                re = compare._cell(rows, t, "reptilora", k)
+                gaps.append({"protocol": name, "task": t, "shots": k, "lora": lo["rougeL"], "reptilora": re["rougeL"],
+                             "gain": re["rougeL"]["mid"] - lo["rougeL"]["mid"],
+                             "apart": re["rougeL"]["low"] > lo["rougeL"]["high"]
+                             or lo["rougeL"]["low"] > re["rougeL"]["high"]})
+    for t in TASKS:
+        compare.chart(a, t, cfg, report / f"a-{t}.png")
+        compare.chart(b, t, replace(cfg, systems=["lora", "reptilora"]), report / f"b-{t}.png")
+    gap_lines = ["| protocol | task | shots | ReptiLoRA − LoRA (R-L) | intervals apart |", "| --- | --- | ---: | ---: | --- |"]
+    gap_lines += [f"| {g['protocol']} | {g['task']} | {g['shots']} | {g['gain']:+.2f} | {'yes' if g['apart'] else 'no'} |"
+                  for g in gaps]
+    (report / "tables.md").write_text(f"## Protocol (a)\n\n{table_a}\n## Protocol (b)\n\n{table_b}\n## Gains\n\n"
+                                      + "\n".join(gap_lines) + "\n")
+    (report / "gains.json").write_text(json.dumps(gaps, indent=2))
+    print((report / "tables.md").read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stage", default="all", choices=["meta", "tune", "test", "report", "all"])
+    ap.add_argument("--out", default="runs/experiment")
+    ap.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct")
+    ap.add_argument("--jobs", type=int, default=1, help="meta-training processes at once")
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16, help="sequences generated together")
+    ap.add_argument("--limit", type=int, default=None, help="first N examples of each split (smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a minutes-long smoke run of every stage")
+    args = ap.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    import mlx_reptilora  # noqa: F401 -- BLAS before mlx.core
+
+    out = Path(args.out)
+    stages = ["meta", "tune", "test", "report"] if args.stage == "all" else [args.stage]
+    for s in stages:
+        t = time.time()
+        {"meta": stage_meta, "tune": stage_tune, "test": stage_test, "report": stage_report}[s](args, out)
+        print(f"[{s}] finished in {time.time() - t:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
