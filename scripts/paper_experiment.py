@@ -45,9 +45,11 @@ def meta_runs(args) -> dict[str, dict]:
     if args.quick:
         common.update(episodes=4, support=4, query=8, inner_steps=2, max_length=128, eval_every=2,
                       checkpoint_every=2)
-    runs = {f"all-{v}": {**common, **over} for v, over in VARIANTS.items()}
+    runs = {f"all-{v}": {**common, **VARIANTS[v]} for v in args.variants}
     for t in TASKS:
         runs[f"without-{t}"] = {**common, "tasks": [x for x in TASKS if x != t]}
+        if args.loo_episodes and not args.quick:
+            runs[f"without-{t}"]["episodes"] = args.loo_episodes
     return runs
 
 
@@ -148,9 +150,9 @@ def _mean_rouge_l(rows, shots=(1, 5)) -> float:
 
 def stage_tune(args, out: Path) -> dict:
     early = 2 if args.quick else EARLY
-    starts = {f"all-{v}": out / "meta" / f"all-{v}" for v in VARIANTS}
+    starts = {f"all-{v}": out / "meta" / f"all-{v}" for v in args.variants}
     starts[f"all-paper-at-{early}"] = _early_start(out, early)
-    shots, draws = [1, 5], (1 if args.quick else 2)
+    shots, draws = [1, 5], args.tune_draws
     scores = {"reptilora": {}, "lora": {}}
     for steps in ([1, 2] if args.quick else ADAPT_STEPS):
         for name, path in starts.items():
@@ -233,12 +235,19 @@ def main():
     ap.add_argument("--out", default="runs/experiment")
     ap.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct")
     ap.add_argument("--jobs", type=int, default=1, help="meta-training processes at once")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="meta-training variants to tune over")
+    ap.add_argument("--loo-episodes", type=int, default=None, help="episodes of the leave-one-out runs [500]")
+    ap.add_argument("--tune-draws", type=int, default=1, help="draws of the shots per tuning cell")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16, help="sequences generated together")
     ap.add_argument("--limit", type=int, default=None, help="first N examples of each split (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a minutes-long smoke run of every stage")
     args = ap.parse_args()
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or "paper" not in args.variants:
+        ap.error(f"--variants: choose among {', '.join(VARIANTS)}, paper included")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     import mlx_reptilora  # noqa: F401 -- BLAS before mlx.core
 

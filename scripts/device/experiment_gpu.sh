@@ -8,15 +8,15 @@ set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
 EXP=/tmp/experiment
-mode=$1 budget=$2
+mode=$1 budget=$2; shift 2
 if [ "$mode" = start ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -m mlx_reptilora info --model "$GGUF"          # converts the GGUF once, before 7 processes race
   python3 -m mlx_reptilora tasks --model "$GGUF" | tail -8  # caches pydoc once
   mkdir -p $EXP
-  setsid nohup python3 scripts/paper_experiment.py --stage all --jobs "${JOBS:-7}" --micro-batch 8 \
-      --batch-size 64 --model "$GGUF" --out $EXP > $EXP/driver.log 2>&1 < /dev/null &
+  setsid nohup python3 scripts/paper_experiment.py --stage all --jobs "${JOBS:-6}" --micro-batch 8 \
+      --batch-size 128 --model "$GGUF" --out $EXP "$@" > $EXP/driver.log 2>&1 < /dev/null &
 fi
 end=$((SECONDS + budget))
 while [ $SECONDS -lt $end ] && pgrep -f paper_experiment.py > /dev/null; do sleep 20; done
