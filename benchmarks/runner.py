@@ -251,12 +251,14 @@ def torch_worker(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     dev = torch_ref.device()
+    if dev == "cpu" and torch.backends.mps.is_available():
+        dev = "mps"  # a Mac: PyTorch's Metal backend beside MLX's
     cuda = dev == "cuda"
-    if not cuda:
+    if dev == "cpu":
         torch.set_num_threads(min(os.cpu_count() or 1, 2))
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
     B, L, T, repeats = spec["batch"], spec["length"], spec["steps"], spec["repeats"]
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(dev, lambda: None)
 
     def build():
         from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM

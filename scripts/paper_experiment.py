@@ -25,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 TASKS = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc"]
@@ -135,8 +136,9 @@ def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
     if args.quick:  # short prompts and few steps: a CPU smoke run of the same code
         over.update(max_length=min(over.get("max_length", 128), 256) if "max_length" in over else 128,
                     steps=min(over.get("steps", 2), 2))
-    cfg = compare.CompareConfig(model=args.model, batch_size=args.batch_size, seed=args.seed, quiet=True,
-                                out=str(folder), limit=args.limit, **over)
+    over.setdefault("batch_size", args.batch_size)
+    cfg = compare.CompareConfig(model=args.model, seed=args.seed, quiet=True, out=str(folder), limit=args.limit,
+                                **over)
     t = time.time()
     rows = compare.run(cfg)["rows"]
     print(f"[compare] {folder.relative_to(root)}: {len(rows)} cells in {time.time() - t:.0f} s", flush=True)
@@ -181,8 +183,9 @@ def stage_test(args, out: Path) -> None:
              steps=choice["reptilora_steps"], dest=out / "test" / "a-reptilora", **common)
     _compare(args, out, adapters=str(start), systems=["lora"], shots=[0, 1, 5], steps=choice["lora_steps"],
              dest=out / "test" / "a-lora", **common)
+    # 2048-token prompts: a batch of 128 ran an H100 out of memory in prefill; 16 at a time fits.
     _compare(args, out, adapters=str(start), systems=["in-context"], shots=[1, 5], max_length=IN_CONTEXT_MAX_LENGTH,
-             dest=out / "test" / "a-in-context", **common)
+             batch_size=min(args.batch_size, 16), dest=out / "test" / "a-in-context", **common)
     # Protocol (b): the start never saw the task. The leave-one-out runs use the paper variant
     # (they are trained alongside the tuning runs); the adaptation steps are the tuned ones.
     for t in TASKS:
@@ -193,8 +196,14 @@ def stage_test(args, out: Path) -> None:
 def stage_report(args, out: Path) -> None:
     from mlx_reptilora import compare
 
+    missing = []
+
     def rows_of(name):
-        return json.loads((out / "test" / name / "results.json").read_text())["rows"]
+        path = out / "test" / name / "results.json"
+        if not path.exists():  # a stage cut short (e.g. the GPU lease ended): report what exists
+            missing.append(name)
+            return []
+        return json.loads(path.read_text())["rows"]
 
     a = rows_of("a-lora") + rows_of("a-reptilora") + rows_of("a-in-context")
     a += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
@@ -213,6 +222,8 @@ def stage_report(args, out: Path) -> None:
             for k in (0, 1, 5):
                 lo = compare._cell(rows, t, "lora", k)
                 re = compare._cell(rows, t, "reptilora", k)
+                if not (lo and re):
+                    continue
                 gaps.append({"protocol": name, "task": t, "shots": k, "lora": lo["rougeL"], "reptilora": re["rougeL"],
                              "gain": re["rougeL"]["mid"] - lo["rougeL"]["mid"],
                              "apart": re["rougeL"]["low"] > lo["rougeL"]["high"]
@@ -223,10 +234,39 @@ def stage_report(args, out: Path) -> None:
     gap_lines = ["| protocol | task | shots | ReptiLoRA − LoRA (R-L) | intervals apart |", "| --- | --- | ---: | ---: | --- |"]
     gap_lines += [f"| {g['protocol']} | {g['task']} | {g['shots']} | {g['gain']:+.2f} | {'yes' if g['apart'] else 'no'} |"
                   for g in gaps]
+    curves(out, report / "query-loss.png")
+    if missing:
+        gap_lines += ["", f"Not run (no results): {', '.join(missing)}."]
     (report / "tables.md").write_text(f"## Protocol (a)\n\n{table_a}\n## Protocol (b)\n\n{table_b}\n## Gains\n\n"
                                       + "\n".join(gap_lines) + "\n")
     (report / "gains.json").write_text(json.dumps(gaps, indent=2))
     print((report / "tables.md").read_text())
+
+
+def curves(out: Path, path: Path) -> None:
+    """Query loss under θ before and after the T-step adaptation, per monitored episode, for each
+    all-task run: whether the start gets better, and whether adapting from it still helps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(p for p in (out / "meta").glob("all-*") if (p / "metrics.jsonl").exists())
+    if not runs:
+        return
+    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), dpi=120, squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+        rows = [r for r in rows if "query_loss_after" in r]
+        window = 5  # monitored episodes rotate through tasks: smooth over a few
+        for key, label in (("query_loss_before", "before adapting (θ)"), ("query_loss_after", "after T steps")):
+            ys = np.convolve([r[key] for r in rows], np.ones(window) / window, mode="valid")
+            ax.plot([r["episode"] for r in rows][window - 1:], ys, label=label)
+        ax.set(title=run.name, xlabel="episode", ylabel="query loss (mean of 5 monitored episodes)")
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main():

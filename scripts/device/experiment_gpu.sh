@@ -15,6 +15,7 @@ if [ "$mode" = start ]; then
   python3 -m mlx_reptilora info --model "$GGUF"          # converts the GGUF once, before 7 processes race
   python3 -m mlx_reptilora tasks --model "$GGUF" | tail -8  # caches pydoc once
   mkdir -p $EXP
+  for t in .exp/*.tar; do [ -f "$t" ] && tar xf "$t" -C $EXP; done  # finished starts / checkpoints of a lost lease
   setsid nohup python3 scripts/paper_experiment.py --stage all --jobs "${JOBS:-6}" --micro-batch 8 \
       --batch-size 128 --model "$GGUF" --out $EXP "$@" > $EXP/driver.log 2>&1 < /dev/null &
 fi
@@ -27,5 +28,9 @@ cd $EXP && tar czf $OUT/results.tar.gz --exclude='*.safetensors' --exclude=check
 i=0; for d in meta/all-paper meta/all-anneal meta/all-paper-at-250 "meta/without-aclsum-challenge meta/without-aclsum-approach" \
   "meta/without-aclsum-outcome meta/without-aclsum-title" meta/without-pydoc; do
   i=$((i+1)); ls $d/adapters.safetensors > /dev/null 2>&1 && tar cf $OUT/adapters-$i.tar $(for x in $d; do echo $x/adapters.safetensors $x/adapter_config.json; done) 2>/dev/null
+done
+# The newest checkpoint of each unfinished run: a lost lease resumes from it (carry it as .exp/).
+for r in $EXP/meta/all-*; do n=$(basename $r); [ -f $r/checkpoints/latest ] && [ ! -f $r/adapters.safetensors ] && \
+  (cd $EXP && tar cf $OUT/ckpt-$n.tar meta/$n/meta.json meta/$n/metrics.jsonl meta/$n/checkpoints/latest meta/$n/checkpoints/$(cat $r/checkpoints/latest))
 done
 ls -la $OUT

@@ -1,0 +1,32 @@
+"""The benchmark runner's quick mode (what CI runs so the benchmarks cannot rot): every measurement
+runs on a tiny random Llama, in both frameworks, and the report files come out."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_mode_writes_every_measurement(tmp_path):
+    pytest.importorskip("torch")
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["matmul_peak"]["tflops"] > 0
+    assert [(row["shape"], row["precision"]) for row in res["rows"]] == [("tiny", "float"), ("tiny", "4bit")]
+    mlx, torch = res["rows"][0]["mlx"], res["rows"][0]["torch"]
+    for key in ("step_tok_s", "episode_tok_s", "meta_overhead", "first_step_s", "adapt_s", "gen_tok_s",
+                "full_ft_step_s", "step_peak_gb"):
+        assert mlx[key] > 0, key
+    for key in ("step_tok_s", "adapt_s", "gen_tok_s", "full_ft_step_s"):
+        assert torch[key] > 0, key
+    assert "bitsandbytes" in res["rows"][1]["torch"]["skipped"]
+    assert len(res["sweep"]) == 3 and (tmp_path / "sweep.png").stat().st_size > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| tiny | float (float32) |" in table and "x |" in table
