@@ -189,7 +189,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
                                                        args.gen_tokens, max(1, args.repeats // 2)))
     r.update(g)
     r["flops_per_token"] = flops_per_token(cfg)
-    del inner, model, batches
+    inner = model = batches = None  # free the LoRA model before the full fine-tuning one is built
     gc.collect()
     mx.clear_cache()
     if precision == "float" and not args.no_full_ft:
@@ -234,7 +234,7 @@ def mlx_full_ft(args, shape: str, rows) -> dict:
     run()
     first = time.perf_counter() - t
     s, peak = _peak(lambda: median_time(run, max(1, args.repeats // 2), warmup=0))
-    del model, opt, state
+    model = opt = state = None
     gc.collect()
     mx.clear_cache()
     return {"full_ft_step_s": s, "full_ft_first_s": first, "full_ft_peak_gb": peak}
@@ -319,7 +319,7 @@ def torch_worker(spec_path: str) -> None:
 
     r["gen_s"], r["gen_peak_gb"] = peak(lambda: median_time(gen, max(1, repeats // 2)))
     r["gen_tok_s"] = spec["gen_batch"] * n_new / r["gen_s"]
-    del model, inner
+    model = inner = None
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -389,7 +389,7 @@ def sweep(args) -> list[dict]:
         s = median_time(lambda: inner.step(batches), max(1, args.repeats // 2))
         out.append({"shape": shape, "batch": b, "length": n, "step_s": s, "tok_s": b * n / s})
         print(f"  sweep {shape} {b} x {n}: {b * n / s:,.0f} tok/s", flush=True)
-        del inner
+        inner = batches = None
         mx.clear_cache()
     return out
 
