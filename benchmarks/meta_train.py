@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,7 @@ import numpy as np
 
 from mlx_reptilora import adapters, backend, episodes, models, prompts, reptile, tasks
 from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
-
-
-def median_time(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from runner import median_time  # benchmarks/ is on sys.path when this file runs as a script
 
 
 def torch_worker(path, batch_file, repeats, steps):

@@ -217,8 +217,8 @@ def mlx_full_ft(args, shape: str, rows) -> dict:
     opt = optim.AdamW(learning_rate=1e-5, bias_correction=True)
     opt.init(model.trainable_parameters())
     state = [model.state, opt.state]
-    batch = batch_arrays(episodes.make_batch(rows, [args.length]))
-    n = float(len(rows) * (args.length // TARGET_FRACTION))
+    made = episodes.make_batch(rows, [args.length])
+    batch, n = batch_arrays(made), float(made.n_targets)
     loss_and_grad = nn.value_and_grad(model, lambda *a: summed_loss(model, *a) / n)
 
     @partial(mx.compile, inputs=state, outputs=state)

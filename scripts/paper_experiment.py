@@ -62,14 +62,15 @@ def stage_meta(args, out: Path) -> None:
     from mlx_reptilora import config
 
     todo = []
+    paper = yaml.safe_load(config.resolve_config("paper").read_text())  # the defaults, written out
+    paper = {k.replace("-", "_"): v for k, v in paper.items()}
     for name, settings in meta_runs(args).items():
         folder = out / "meta" / name
         if (folder / "adapters.safetensors").exists():
             continue
         cfg_path = out / "meta" / f"{name}.yaml"
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        paper = yaml.safe_load(config.resolve_config("paper").read_text())  # the defaults, written out
-        merged = {**{k.replace("-", "_"): v for k, v in paper.items()}, **settings}
+        merged = {**paper, **settings}
         cfg_path.write_text(yaml.safe_dump({**merged, "tasks": ",".join(settings["tasks"]), "out": str(folder),
                                             "model": args.model}))
         argv = ["meta-train", "-c", str(cfg_path)]
@@ -118,11 +119,7 @@ def _early_start(out: Path, episodes: int) -> Path:
     if not (dest / adapters.WEIGHTS).exists():
         _, theta, _ = checkpoint.load(run / "checkpoints" / f"episode-{episodes:06d}")
         raw = json.loads((run / adapters.CONFIG).read_text())
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / adapters.CONFIG).write_text(json.dumps({**raw, "episodes": episodes}, indent=2))
-        import mlx.core as mx
-
-        mx.save_safetensors(str(dest / adapters.WEIGHTS), theta)
+        adapters.write(dest, theta, adapters.read_config(run), raw["num_layers"], {**raw, "episodes": episodes})
     return dest
 
 
@@ -134,8 +131,7 @@ def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
     if (folder / "results.json").exists():
         return json.loads((folder / "results.json").read_text())["rows"]
     if args.quick:  # short prompts and few steps: a CPU smoke run of the same code
-        over.update(max_length=min(over.get("max_length", 128), 256) if "max_length" in over else 128,
-                    steps=min(over.get("steps", 2), 2))
+        over.update(max_length=min(over.get("max_length", 128), 256), steps=min(over.get("steps", 2), 2))
     over.setdefault("batch_size", args.batch_size)
     cfg = compare.CompareConfig(model=args.model, seed=args.seed, quiet=True, out=str(folder), limit=args.limit,
                                 **over)
