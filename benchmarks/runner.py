@@ -119,6 +119,11 @@ def mlx_model(shape: str, precision: str, model_path: str | None):
     return model, load_tokenizer(models.resolve(model_path, verbose=False)), cfg
 
 
+def token_range(tokenizer, cfg: dict) -> int:
+    """Random token ids stay below both the embedding size and the tokenizer's vocabulary."""
+    return min(cfg["vocab_size"], len(tokenizer.vocab) if hasattr(tokenizer, "vocab") else cfg["vocab_size"])
+
+
 def _peak(fn):
     """fn's result and the peak memory (GB) while it ran."""
     import mlx.core as mx
@@ -152,7 +157,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
 
     model, tokenizer, cfg = mlx_model(shape, precision, args.model)
-    vocab = min(cfg["vocab_size"], len(tokenizer.vocab) if hasattr(tokenizer, "vocab") else cfg["vocab_size"])
+    vocab = token_range(tokenizer, cfg)
     adapters.attach(model, adapters.LoraConfig())
     B, L, T = args.batch, args.length, args.steps
     rows = random_rows(B, L, vocab, 0)
@@ -192,15 +197,10 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     inner = model = batches = None  # free the LoRA model before the full fine-tuning one is built
     gc.collect()
     mx.clear_cache()
-    if precision == "float" and not args.no_full_ft:
-        try:
-            r.update(mlx_full_ft(args, shape, rows))
-        except Exception as e:  # out of memory on big shapes: say so, keep the rest
-            r["full_ft"] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
     return r
 
 
-def mlx_full_ft(args, shape: str, rows) -> dict:
+def mlx_full_ft(args, shape: str) -> dict:
     """One full fine-tuning step (every weight trainable, AdamW) on the same batch, compiled."""
     from functools import partial
 
@@ -211,7 +211,9 @@ def mlx_full_ft(args, shape: str, rows) -> dict:
     from mlx_reptilora import episodes
     from mlx_reptilora.losses import batch_arrays, summed_loss
 
-    model, _, _ = mlx_model(shape, "float", args.model)
+    model, tokenizer, cfg = mlx_model(shape, "float", args.model)
+    vocab = token_range(tokenizer, cfg)
+    rows = random_rows(args.batch, args.length, vocab, 0)  # the LoRA step's batch
     model.unfreeze()
     model.train()
     opt = optim.AdamW(learning_rate=1e-5, bias_correction=True)
@@ -528,14 +530,23 @@ def main(argv=None):
             t = time.time()
             print(f"{shape} {precision}: MLX ...", flush=True)
             m = mlx_side(args, shape, precision)
+            row = {"shape": shape, "precision": precision, "mlx": m, "torch": {"skipped": "not run yet"}}
+            results["rows"].append(row)
+            save()  # an out-of-memory abort in the full fine-tuning step below must not lose the rest
+            if precision == "float" and not args.no_full_ft:
+                print(f"{shape}: MLX full fine-tuning step ...", flush=True)
+                try:
+                    m.update(mlx_full_ft(args, shape))
+                except Exception as e:  # out of memory on big shapes: say so, keep the rest
+                    m["full_ft"] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                save()
             vocab = SHAPES[shape]["vocab_size"] if SHAPES[shape] else None
             path = models.resolve(args.model, verbose=False) if SHAPES[shape] is None else None
             if vocab is None:
                 vocab = json.loads((path / "config.json").read_text())["vocab_size"]
             print(f"{shape} {precision}: PyTorch ...", flush=True)
             tr = {"skipped": "--no-torch"} if args.no_torch else torch_side(args, shape, precision, path, vocab)
-            results["rows"].append({"shape": shape, "precision": precision, "mlx": m, "torch": tr,
-                                    "seconds": round(time.time() - t, 1)})
+            row.update(torch=tr, seconds=round(time.time() - t, 1))
             save()
             print(f"{shape} {precision}: done in {time.time() - t:.0f} s", flush=True)
     if not args.no_sweep:
