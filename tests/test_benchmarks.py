@@ -30,3 +30,16 @@ def test_quick_mode_writes_every_measurement(tmp_path):
     assert len(res["sweep"]) == 3 and (tmp_path / "sweep.png").stat().st_size > 0
     table = (tmp_path / "results.md").read_text()
     assert "| tiny | float (float32) |" in table and "x |" in table
+
+
+def test_step_breakdown_measures_every_variant(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.step_breakdown", "--shape", "tiny", "--batch", "2",
+                        "--length", "32", "--repeats", "2", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "breakdown.json").read_text())
+    from benchmarks.step_breakdown import VARIANTS
+
+    assert [row["variant"] for row in res["rows"]] == list(VARIANTS)
+    assert all(row["tok_s"] > 0 and "failed" not in row for row in res["rows"])
+    assert "| mlx-lm stock |" in (tmp_path / "breakdown.md").read_text()
