@@ -8,7 +8,7 @@ Variants, each in the same process on the same random batch, after warm-up:
   no dropout         dropout 0
   bf16 adapters      the adapters in the base's compute dtype (mlx-lm draws A in fp32 whatever the
                      base: this measures what the fp32 LoRA branch costs)
-  grad checkpoint    mlx-lm's grad_checkpoint on every layer: activations recomputed in backward
+  grad checkpoint    --grad-checkpoint: each layer's activations recomputed in backward
   mlx-lm stock       mlx_lm.tuner's compiled step: full-sequence loss, dropout 0, no clipping
 It answers issue #7's "why": how far the step is from the matmul peak and PyTorch's memory, and what
 each piece costs. Writes breakdown.json and breakdown.md.
@@ -43,47 +43,41 @@ def measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, che
     adapters.attach(model, adapters.LoraConfig(dropout=dropout))
     if adapter_dtype is not None:
         model.update(tree_map(lambda p: p.astype(adapter_dtype), model.trainable_parameters()))
-    layer_call = type(model.layers[0]).__call__
-    if checkpoint:
-        trainer.grad_checkpoint(model.layers[0])  # patches the class: restored below
     rows = random_rows(args.batch, args.length, token_range(tokenizer, cfg), 0)
-    try:
-        if stock:
-            import mlx.optimizers as optim
+    if stock:
+        import mlx.optimizers as optim
 
-            opt = optim.AdamW(learning_rate=5e-4)
-            model.train()
-            state = [model.state, opt.state, mx.random.state]
-            loss_and_grad = nn.value_and_grad(model, trainer.default_loss)
-            ids = mx.array(np.stack([r.ids for r in rows]))
-            lengths = mx.array([[0, args.length - 1]] * args.batch)
+        opt = optim.AdamW(learning_rate=5e-4)
+        model.train()
+        state = [model.state, opt.state, mx.random.state]
+        loss_and_grad = nn.value_and_grad(model, trainer.default_loss)
+        ids = mx.array(np.stack([r.ids for r in rows]))
+        lengths = mx.array([[0, args.length - 1]] * args.batch)
 
-            @partial(mx.compile, inputs=state, outputs=state)
-            def stock_step(batch, lens):
-                (loss, _), grads = loss_and_grad(model, batch, lens)
-                opt.update(model, grads)
-                return loss
+        @partial(mx.compile, inputs=state, outputs=state)
+        def stock_step(batch, lens):
+            (loss, _), grads = loss_and_grad(model, batch, lens)
+            opt.update(model, grads)
+            return loss
+
+        def step():
+            mx.eval(stock_step(ids, lengths), state)
+    else:
+        inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint), [args.length])
+        batches = inner.batches(rows)
+        if grad_only:
+            arrays = batch_arrays(batches[0])
 
             def step():
-                mx.eval(stock_step(ids, lengths), state)
+                mx.eval(inner._grad(*arrays))
         else:
-            inner = InnerLoop(model, InnerConfig(micro_batch=args.batch), [args.length])
-            batches = inner.batches(rows)
-            if grad_only:
-                arrays = batch_arrays(batches[0])
+            def step():
+                inner.step(batches)
 
-                def step():
-                    mx.eval(inner._grad(*arrays))
-            else:
-                def step():
-                    inner.step(batches)
-
-        t = time.perf_counter()
-        step()
-        first = time.perf_counter() - t
-        s, peak = _peak(lambda: median_time(step, args.repeats))
-    finally:
-        type(model.layers[0]).__call__ = layer_call
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    s, peak = _peak(lambda: median_time(step, args.repeats))
     tokens = args.batch * args.length
     return {"variant": name, "step_s": s, "tok_s": tokens / s, "peak_gb": peak, "first_step_s": first,
             "utilisation": tokens * flops_per_token(cfg) / s / args.peak_flops}

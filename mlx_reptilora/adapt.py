@@ -24,6 +24,7 @@ class AdaptConfig:
     weight_decay: float = 0.01
     grad_clip: float = 0.5
     micro_batch: int = 4
+    grad_checkpoint: bool = False
     rank: int = 16  # rank/alpha/dropout/keys/layers: only for the standard start
     alpha: float = 32.0
     dropout: float = 0.1
@@ -37,7 +38,8 @@ class AdaptConfig:
     quiet: bool = False
 
     def inner(self) -> InnerConfig:
-        return InnerConfig(self.steps, self.lr, self.optimizer, self.weight_decay, self.grad_clip, self.micro_batch)
+        return InnerConfig(self.steps, self.lr, self.optimizer, self.weight_decay, self.grad_clip, self.micro_batch,
+                           grad_checkpoint=self.grad_checkpoint)
 
 
 def start(base: models.Base, cfg: AdaptConfig) -> adapters.LoraConfig:

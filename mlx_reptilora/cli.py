@@ -94,6 +94,8 @@ def meta_train(
     inner_optimizer: Optional[str] = typer.Option(None, help="adamw | adam0 | sgd [adamw]"),
     inner_batch: Optional[int] = typer.Option(None, help="examples per inner step [the whole support set]"),
     micro_batch: Optional[int] = typer.Option(None, help="examples per forward pass [4]"),
+    grad_checkpoint: Optional[bool] = typer.Option(None, "--grad-checkpoint",
+                                                   help="recompute activations in backward: less memory, slower"),
     grad_clip: Optional[float] = typer.Option(None, help="inner gradient-norm clip [0.5]"),
     meta_lr: Optional[float] = typer.Option(None, help="Reptile step size α [0.1]"),
     meta_lr_final: Optional[float] = typer.Option(None, help="anneal α linearly to this [constant]"),
@@ -122,6 +124,7 @@ def meta_train(
     cfg = config.build(mt.MetaTrainConfig, config_file, model=model, tasks=tasks, task_weights=floats(task_weights),
                        episodes=episodes, support=support, query=query, inner_steps=inner_steps, inner_lr=inner_lr,
                        inner_optimizer=inner_optimizer, inner_batch=inner_batch, micro_batch=micro_batch,
+                       grad_checkpoint=grad_checkpoint,
                        grad_clip=grad_clip, meta_lr=meta_lr, meta_lr_final=meta_lr_final, meta_batch=meta_batch,
                        reset_optimizer=reset_optimizer, rank=rank, alpha=alpha, dropout=dropout,
                        lora_keys=lora_keys, lora_layers=lora_layers, max_length=max_length, dtype=dtype,
@@ -142,6 +145,8 @@ def adapt(
     lr: Optional[float] = typer.Option(None, help="learning rate [5e-4]"),
     grad_clip: Optional[float] = typer.Option(None, help="gradient-norm clip [0.5]"),
     micro_batch: Optional[int] = typer.Option(None, help="examples per forward pass [4]"),
+    grad_checkpoint: Optional[bool] = typer.Option(None, "--grad-checkpoint",
+                                                   help="recompute activations in backward: less memory, slower"),
     rank: Optional[int] = typer.Option(None, help="standard start only: LoRA rank [16]"),
     alpha: Optional[float] = typer.Option(None, help="standard start only: LoRA alpha [32]"),
     dropout: Optional[float] = typer.Option(None, help="standard start only: LoRA dropout [0.1]"),
@@ -156,7 +161,7 @@ def adapt(
     from . import adapt as ad, config
 
     cfg = config.build(ad.AdaptConfig, config_file, task=task, shots=shots, adapters=adapters, model=model,
-                       steps=steps, lr=lr, grad_clip=grad_clip, micro_batch=micro_batch, rank=rank, alpha=alpha,
+                       steps=steps, lr=lr, grad_clip=grad_clip, micro_batch=micro_batch, grad_checkpoint=grad_checkpoint, rank=rank, alpha=alpha,
                        dropout=dropout, max_length=max_length, seed=seed, dtype=dtype, quantize=quantize, out=out,
                        quiet=quiet)
     ad.run(cfg)

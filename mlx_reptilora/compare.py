@@ -32,6 +32,7 @@ class CompareConfig:
     lr: float = 5e-4
     grad_clip: float = 0.5
     micro_batch: int = 4
+    grad_checkpoint: bool = False
     split: str = "test"
     limit: int | None = None
     batch_size: int = 16
@@ -67,7 +68,8 @@ def run(cfg: CompareConfig) -> dict:
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    inner = InnerLoop(base.model, InnerConfig(cfg.steps, cfg.lr, grad_clip=cfg.grad_clip, micro_batch=cfg.micro_batch),
+    inner = InnerLoop(base.model, InnerConfig(cfg.steps, cfg.lr, grad_clip=cfg.grad_clip, micro_batch=cfg.micro_batch,
+                                             grad_checkpoint=cfg.grad_checkpoint),
                       episodes.buckets(cfg.max_length))
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]

@@ -10,6 +10,7 @@ micro-batch, and the optimizer update. They take the model, optimizer and RNG st
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -35,6 +36,7 @@ class InnerConfig:
     grad_clip: float = 0.5  # global norm; 0 = off
     micro_batch: int = 4  # examples per forward pass; gradients accumulate to the whole batch
     batch: int | None = None  # examples per step; None = the whole support set
+    grad_checkpoint: bool = False  # recompute each layer's activations in backward: less memory, ~30% slower
 
 
 class NonFiniteLoss(Exception):
@@ -57,6 +59,47 @@ def _copy(tree):
     return tree_map(lambda x: x, tree)  # new containers, same (immutable) arrays
 
 
+@contextmanager
+def checkpointed_layers(model: nn.Module):
+    """Gradient checkpointing per transformer layer while a step is traced: each layer's activations
+    are recomputed in the backward pass instead of kept. The traced graph keeps the checkpoints, so
+    the classes (Python looks __call__ up on them) are patched only for the duration.
+
+    Unlike mlx-lm's grad_checkpoint, dropout inside a layer draws its masks from a key fixed for
+    that layer's call: drawn from the global key, the recomputation would get new masks and
+    differentiate through masks the forward pass never used."""
+    layer_cls, dropout_call = type(model.layers[0]), nn.Dropout.__call__
+    layer_call = layer_cls.__call__
+    keys: list[mx.array] = []  # the key of the layer being computed, advanced by each dropout
+
+    def keyed_dropout(self, x):
+        if self._p_1 == 1 or not self.training:
+            return x
+        keys[-1], key = mx.random.split(keys[-1])
+        return (mx.random.bernoulli(self._p_1, x.shape, key=key) * x) * (1 / self._p_1)
+
+    def call(layer, *args, **kwargs):
+        # a fresh key per layer and step, drawn from (so advancing) the global key; closed over,
+        # not an input, so the recomputation uses the same array and no gradient flows into it
+        key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
+
+        def layer_fn(params, *args):
+            layer.update(params)
+            keys.append(key)
+            try:
+                return layer_call(layer, *args, **kwargs)
+            finally:
+                keys.pop()
+
+        return mx.checkpoint(layer_fn)(layer.trainable_parameters(), *args)
+
+    layer_cls.__call__, nn.Dropout.__call__ = call, keyed_dropout
+    try:
+        yield
+    finally:
+        layer_cls.__call__, nn.Dropout.__call__ = layer_call, dropout_call
+
+
 class InnerLoop:
     def __init__(self, model: nn.Module, cfg: InnerConfig, bucket_lengths: list[int]):
         self.model, self.cfg, self.bucket_lengths = model, cfg, bucket_lengths
@@ -68,7 +111,8 @@ class InnerLoop:
         def train_loss(*arrays):
             self.traces += 1  # runs only while tracing
             model.train()  # the traced graph includes dropout
-            return summed_loss(model, *arrays)
+            with checkpointed_layers(model) if cfg.grad_checkpoint else nullcontext():
+                return summed_loss(model, *arrays)
 
         def eval_loss(*arrays):
             self.traces += 1

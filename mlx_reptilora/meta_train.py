@@ -39,6 +39,7 @@ class MetaTrainConfig:
     inner_optimizer: str = "adamw"
     inner_batch: int | None = None  # None = the whole support set every inner step
     micro_batch: int = 4
+    grad_checkpoint: bool = False  # trade ~30% speed for activation memory (7B bases)
     weight_decay: float = 0.01
     grad_clip: float = 0.5
     meta_lr: float = 0.1  # α
@@ -68,7 +69,7 @@ class MetaTrainConfig:
 
     def inner(self) -> InnerConfig:
         return InnerConfig(self.inner_steps, self.inner_lr, self.inner_optimizer, self.weight_decay,
-                           self.grad_clip, self.micro_batch, self.inner_batch)
+                           self.grad_clip, self.micro_batch, self.inner_batch, self.grad_checkpoint)
 
     def validate(self) -> None:
         positive = {"episodes": self.episodes, "support": self.support, "inner_steps": self.inner_steps,

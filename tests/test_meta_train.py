@@ -231,3 +231,61 @@ def test_qlora_meta_training_on_a_4bit_base(tiny_dir, tmp_path):
     adapters.load(base.model, out)  # the adapters fit the quantized base's LoRA layers
     assert isinstance(base.model.layers[0].self_attn.q_proj.linear, nn.QuantizedLinear)
     assert any(float(mx.abs(v).max()) > 0 for k, v in adapters.read_weights(out).items() if k.endswith("lora_b"))
+
+
+def test_grad_checkpoint_gives_the_same_step_without_dropout(tiny_dir):
+    """Recomputing activations in backward changes memory, not the step."""
+    fmt = None
+    results = []
+    for checkpoint in (False, True):
+        base = models.load(str(tiny_dir), verbose=False)
+        adapters.attach(base.model, adapters.LoraConfig(rank=4, dropout=0.0))
+        fmt = fmt or prompts.PromptFormat.for_tokenizer(base.tokenizer)
+        exs = prompts.tokenize(fmt, base.tokenizer, tasks.load("pydoc").splits["train"][:4], 128)
+        inner = InnerLoop(base.model, InnerConfig(steps=2, micro_batch=2, grad_checkpoint=checkpoint), [64, 128])
+        results.append((inner.adapt(exs), inner.weights()))
+    (plain_losses, plain), (ck_losses, ck) = results
+    assert np.allclose(plain_losses, ck_losses, rtol=1e-5)
+    for k in plain:
+        assert mx.allclose(plain[k], ck[k], atol=1e-6), k
+
+
+def test_checkpointed_dropout_differentiates_through_the_forward_masks():
+    """With w = 1, d(sum(dropout(x) * w))/dw summed equals the loss only if the backward pass uses
+    the forward's dropout masks; a recomputation drawing new masks (mlx-lm's grad_checkpoint with
+    dropout) breaks the equality."""
+    from mlx_reptilora.inner_loop import checkpointed_layers
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.drop = mx.ones((1000,)), nn.Dropout(0.5)
+
+        def __call__(self, x):
+            return self.drop(x) * self.w
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [Block(), Block()]
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x.sum()
+
+    model = Stack()
+    model.train()
+    originals = (Block.__call__, nn.Dropout.__call__)
+    mx.random.seed(0)
+    x = mx.random.normal((1000,))
+    step = mx.compile(nn.value_and_grad(model, model), inputs=[model.state, mx.random.state],
+                      outputs=[model.state, mx.random.state])
+    losses = []
+    for _ in range(2):
+        with checkpointed_layers(model):
+            loss, grads = step(x)
+        assert np.isclose(grads["layers"][1]["w"].sum().item(), loss.item(), rtol=1e-4)
+        losses.append(loss.item())
+    assert losses[0] != losses[1]  # new masks each step: the key advances
+    assert (Block.__call__, nn.Dropout.__call__) == originals  # patched only while traced
