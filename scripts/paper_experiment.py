@@ -1,6 +1,6 @@
 """The paper's experiment (its Tables 1-3, Figures 2-3) on the five offline tasks — issue #8.
 
-    python scripts/paper_experiment.py [--stage meta|tune|test|report|all] [--jobs N] [--out runs/experiment]
+    python scripts/paper_experiment.py [--stage meta|tune|test|why|report|all] [--jobs N] [--out runs/experiment]
 
 Stages, each skipping work already on disk (re-run after a crash and it carries on):
   meta    meta-train every start concurrently (--jobs processes): the variants tuned on the validation
@@ -9,6 +9,9 @@ Stages, each skipping work already on disk (re-run after a crash and it carries 
           adaptation steps, for ReptiLoRA and for LoRA separately (each baseline gets its best)
   test    the test splits: protocol (a) LoRA / ReptiLoRA / in-context at 0/1/5 shots, 3 draws;
           protocol (b) ReptiLoRA from the leave-one-out starts on the left-out task
+  why     the diagnosis of what the tuned start misses, on the validation splits: a lower adaptation lr
+          for the meta start (and a higher one for LoRA), and a start meta-trained with k = 5 support
+          examples, the test's shot count; the best probe is then scored on the test splits
   report  docs/RESULTS.md-ready tables (tables.md) and charts from the JSON the stages wrote
 
 --quick shrinks everything (episodes, examples, draws) into a minutes-long smoke run on a CPU.
@@ -36,6 +39,10 @@ VARIANTS = {
 }
 EARLY = 250  # also try the paper variant's start after this many episodes (a checkpoint)
 ADAPT_STEPS = [7, 21]
+# The probes of the why stage: meta-training with the test's shot count, and adaptation learning
+# rates either side of the paper's 5e-4 (the meta start overfits its shots; LoRA's start underfits).
+PROBE_RUNS = {"k5": {"support": 5}}
+PROBE_LRS = {"reptilora": [5e-5, 1e-4, 2e-4], "lora": [1e-3]}
 IN_CONTEXT_MAX_LENGTH = 2048  # room for 5 documents in the prompt (SmolLM2 takes 8k)
 
 
@@ -47,6 +54,7 @@ def meta_runs(args) -> dict[str, dict]:
         common.update(episodes=4, support=4, query=8, inner_steps=2, max_length=128, eval_every=2,
                       checkpoint_every=2)
     runs = {f"all-{v}": {**common, **VARIANTS[v]} for v in args.variants}
+    runs.update({f"all-{p}": {**common, **PROBE_RUNS[p]} for p in PROBE_RUNS})
     for t in TASKS:
         runs[f"without-{t}"] = {**common, "tasks": [x for x in TASKS if x != t]}
         if args.loo_episodes and not args.quick:
@@ -189,6 +197,78 @@ def stage_test(args, out: Path) -> None:
                  steps=choice["reptilora_steps"], dest=out / "test" / f"b-{t}", **{**common, "tasks": [t]})
 
 
+def stage_why(args, out: Path) -> dict:
+    """Each probe against the tuned choice on the validation splits (mean R-L at 1 and 5 shots per
+    task, the tuning criterion); the best ReptiLoRA probe, and LoRA's if it gained, then on test."""
+    choice = json.loads((out / "tune" / "choice.json").read_text())
+    start, steps = out / "meta" / choice["reptilora_start"], choice["reptilora_steps"]
+    valid = dict(shots=[1, 5], draws=args.tune_draws, split="valid", tasks=TASKS)
+    # name -> (start, compare settings, folder); the tuned settings' runs are the tune stage's own
+    probes = {"reptilora": {"tuned": (start, dict(steps=steps), out / "tune" / f"{start.name}-steps{steps}")},
+              "lora": {"tuned": (start, dict(steps=choice["lora_steps"]), out / "tune" / f"lora-steps{choice['lora_steps']}")}}
+    for system in probes:
+        for lr in PROBE_LRS[system]:
+            over = dict(steps=probes[system]["tuned"][1]["steps"], lr=lr)
+            probes[system][f"lr{lr:g}"] = (start, over, out / "why" / f"valid-{system}-lr{lr:g}")
+    for p in PROBE_RUNS:
+        probes["reptilora"][p] = (out / "meta" / f"all-{p}", dict(steps=steps), out / "why" / f"valid-reptilora-{p}")
+    summary = {"choice": choice, "valid": {}, "test": {}}
+    for system, named in probes.items():
+        for name, (path, over, dest) in named.items():
+            rows = _compare(args, out, adapters=str(path), systems=[system], dest=dest, **valid, **over)
+            summary["valid"][f"{system}|{name}"] = {
+                "start": path.name, **over, "mean": _mean_rouge_l(rows),
+                "cells": {f"{r['task']}|{r['shots']}": r["rougeL"]["mid"] for r in rows}}
+    for system, named in probes.items():
+        best = max(named, key=lambda n: summary["valid"][f"{system}|{n}"]["mean"])
+        summary[f"best_{system}"] = best
+        if best == "tuned":
+            continue  # its test rows are protocol (a)'s
+        path, over, _ = named[best]
+        _compare(args, out, adapters=str(path), systems=[system], shots=[0, 1, 5], draws=1 if args.quick else 3,
+                 split="test", tasks=TASKS, dest=out / "why" / f"test-{system}-{best}", **over)
+        summary["test"][system] = f"test-{system}-{best}"
+        if system == "reptilora" and path == start:  # an adaptation setting: protocol (b) too
+            for t in TASKS:
+                _compare(args, out, adapters=str(out / "meta" / f"without-{t}"), systems=[system], shots=[0, 1, 5],
+                         draws=1 if args.quick else 3, split="test", tasks=[t], dest=out / "why" / f"test-b-{t}-{best}",
+                         **over)
+            summary["test_b"] = {t: f"test-b-{t}-{best}" for t in TASKS}
+    (out / "why" / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"[why] best: ReptiLoRA {summary['best_reptilora']}, LoRA {summary['best_lora']}", flush=True)
+    return summary
+
+
+def why_table(out: Path) -> str:
+    """Validation means of every probe, and protocol (a) redone with the best ones."""
+    from mlx_reptilora import compare
+
+    path = out / "why" / "summary.json"
+    if not path.exists():
+        return ""
+    summary = json.loads(path.read_text())
+    lines = ["| system | probe | start | adaptation steps | lr | mean valid R-L (1, 5 shots) |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for key, v in summary["valid"].items():
+        system, name = key.split("|")
+        lines.append(f"| {system} | {name} | {v['start']} | {v['steps']} | {v.get('lr', 5e-4):g} | {v['mean']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    if summary["test"]:
+        rows = {}
+        for system in ("lora", "reptilora"):
+            folder = summary["test"].get(system) or f"../test/a-{system}"
+            rows[system] = json.loads((out / "why" / folder / "results.json").read_text())["rows"]
+        cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=3, split="test", systems=["lora", "reptilora"])
+        text += (f"\nTest splits with the best probes (ReptiLoRA: {summary['best_reptilora']}, "
+                 f"LoRA: {summary['best_lora']}):\n\n" + compare.markdown_table(rows["lora"] + rows["reptilora"], cfg))
+        if summary.get("test_b"):
+            b = [r for folder in summary["test_b"].values()
+                 for r in json.loads((out / "why" / folder / "results.json").read_text())["rows"]]
+            text += (f"\nProtocol (b), the leave-one-out starts with the same probe "
+                     f"({summary['best_reptilora']}):\n\n" + compare.markdown_table(rows["lora"] + b, cfg))
+    return text
+
+
 def stage_report(args, out: Path) -> None:
     from mlx_reptilora import compare
 
@@ -197,7 +277,8 @@ def stage_report(args, out: Path) -> None:
     def rows_of(name):
         path = out / "test" / name / "results.json"
         if not path.exists():  # a stage cut short (e.g. the GPU lease ended): report what exists
-            missing.append(name)
+            if name not in missing:
+                missing.append(name)
             return []
         return json.loads(path.read_text())["rows"]
 
@@ -233,8 +314,9 @@ def stage_report(args, out: Path) -> None:
     curves(out, report / "query-loss.png")
     if missing:
         gap_lines += ["", f"Not run (no results): {', '.join(missing)}."]
+    why = why_table(out)
     (report / "tables.md").write_text(f"## Protocol (a)\n\n{table_a}\n## Protocol (b)\n\n{table_b}\n## Gains\n\n"
-                                      + "\n".join(gap_lines) + "\n")
+                                      + "\n".join(gap_lines) + "\n" + (f"\n## Why: probes\n\n{why}" if why else ""))
     (report / "gains.json").write_text(json.dumps(gaps, indent=2))
     print((report / "tables.md").read_text())
 
@@ -254,7 +336,7 @@ def curves(out: Path, path: Path) -> None:
     for ax, run in zip(axes[0], runs):
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
         rows = [r for r in rows if "query_loss_after" in r]
-        window = 5  # monitored episodes rotate through tasks: smooth over a few
+        window = max(1, min(5, len(rows)))  # monitored episodes rotate through tasks: smooth over a few
         for key, label in (("query_loss_before", "before adapting (θ)"), ("query_loss_after", "after T steps")):
             ys = np.convolve([r[key] for r in rows], np.ones(window) / window, mode="valid")
             ax.plot([r["episode"] for r in rows][window - 1:], ys, label=label)
@@ -267,7 +349,7 @@ def curves(out: Path, path: Path) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", default="all", choices=["meta", "tune", "test", "report", "all"])
+    ap.add_argument("--stage", default="all", help="all, or comma-separated: meta,tune,test,why,report")
     ap.add_argument("--out", default="runs/experiment")
     ap.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct")
     ap.add_argument("--jobs", type=int, default=1, help="meta-training processes at once")
@@ -284,14 +366,17 @@ def main():
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or "paper" not in args.variants:
         ap.error(f"--variants: choose among {', '.join(VARIANTS)}, paper included")
+    order = ["meta", "tune", "test", "why", "report"]
+    stages = order if args.stage == "all" else args.stage.split(",")
+    if any(s not in order for s in stages):
+        ap.error(f"--stage: all, or comma-separated stages among {', '.join(order)}")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     import mlx_reptilora  # noqa: F401 -- BLAS before mlx.core
 
     out = Path(args.out)
-    stages = ["meta", "tune", "test", "report"] if args.stage == "all" else [args.stage]
     for s in stages:
         t = time.time()
-        {"meta": stage_meta, "tune": stage_tune, "test": stage_test, "report": stage_report}[s](args, out)
+        {"meta": stage_meta, "tune": stage_tune, "test": stage_test, "why": stage_why, "report": stage_report}[s](args, out)
         print(f"[{s}] finished in {time.time() - t:.0f} s", flush=True)
 
 

@@ -25,7 +25,7 @@ tail -25 $EXP/driver.log
 for f in $EXP/meta/*/metrics.jsonl; do echo "$f: $(wc -l < $f) episodes, last: $(tail -1 $f | cut -c1-200)"; done
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 cd $EXP && tar czf $OUT/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints . 2>/dev/null
-i=0; for d in meta/all-paper meta/all-anneal meta/all-paper-at-250 "meta/without-aclsum-challenge meta/without-aclsum-approach" \
+i=0; for d in meta/all-paper meta/all-anneal "meta/all-paper-at-250 meta/all-k5" "meta/without-aclsum-challenge meta/without-aclsum-approach" \
   "meta/without-aclsum-outcome meta/without-aclsum-title" meta/without-pydoc; do
   i=$((i+1)); ls $d/adapters.safetensors > /dev/null 2>&1 && tar cf $OUT/adapters-$i.tar $(for x in $d; do echo $x/adapters.safetensors $x/adapter_config.json; done) 2>/dev/null
 done
