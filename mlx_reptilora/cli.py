@@ -161,8 +161,8 @@ def adapt(
     from . import adapt as ad, config
 
     cfg = config.build(ad.AdaptConfig, config_file, task=task, shots=shots, adapters=adapters, model=model,
-                       steps=steps, lr=lr, grad_clip=grad_clip, micro_batch=micro_batch, grad_checkpoint=grad_checkpoint, rank=rank, alpha=alpha,
-                       dropout=dropout, max_length=max_length, seed=seed, dtype=dtype, quantize=quantize, out=out,
+                       steps=steps, lr=lr, grad_clip=grad_clip, micro_batch=micro_batch,
+                       grad_checkpoint=grad_checkpoint, rank=rank, alpha=alpha, dropout=dropout, max_length=max_length, seed=seed, dtype=dtype, quantize=quantize, out=out,
                        quiet=quiet)
     ad.run(cfg)
 

@@ -73,6 +73,8 @@ def checkpointed_layers(model: nn.Module):
     keys: list[mx.array] = []  # the key of the layer being computed, advanced by each dropout
 
     def keyed_dropout(self, x):
+        if not keys:  # a dropout outside the checkpointed layers
+            return dropout_call(self, x)
         if self._p_1 == 1 or not self.training:
             return x
         keys[-1], key = mx.random.split(keys[-1])

@@ -128,3 +128,12 @@ def test_task_without_a_test_split(tiny_dir, tmp_path):
     d.mkdir()
     (d / "train.jsonl").write_text(json.dumps({"document": "a b c", "summary": "a"}) + "\n")
     one_line_error(cli("evaluate", "--task", str(d), "--model", str(tiny_dir)), "has no test split")
+
+
+def test_adapt_with_grad_checkpoint_from_the_cli(tiny_dir, meta_dir, tmp_path):
+    r = cli("adapt", "--task", "aclsum-title", "--shots", "2", "--steps", "2", "--adapters", str(meta_dir),
+            "--model", str(tiny_dir), "--max-length", "128", "--grad-checkpoint", "--out", str(tmp_path / "a"), "-q")
+    assert r.returncode == 0, r.stderr
+    before, after = adapters.read_weights(meta_dir), adapters.read_weights(tmp_path / "a")
+    assert any(not mx.array_equal(before[k], after[k]) for k in before)
+    assert all(mx.all(mx.isfinite(after[k])).item() for k in after)
