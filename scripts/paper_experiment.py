@@ -251,7 +251,8 @@ def why_table(out: Path) -> str:
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for key, v in summary["valid"].items():
         system, name = key.split("|")
-        lines.append(f"| {system} | {name} | {v['start']} | {v['steps']} | {v.get('lr', 5e-4):g} | {v['mean']:.2f} |")
+        start = v["start"] if system == "reptilora" else "standard (B = 0)"  # LoRA reads only the rank etc.
+        lines.append(f"| {system} | {name} | {start} | {v['steps']} | {v.get('lr', 5e-4):g} | {v['mean']:.2f} |")
     text = "\n".join(lines) + "\n"
     if summary["test"]:
         rows = {}
