@@ -124,7 +124,12 @@ def token_range(tokenizer, cfg: dict) -> int:
     return min(cfg["vocab_size"], len(tokenizer.vocab) if hasattr(tokenizer, "vocab") else cfg["vocab_size"])
 
 
-def _peak(fn):
+def one_line(e: Exception) -> str:
+    """An exception as one short line: it ends up in a JSON field and a markdown table cell."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def with_peak_memory(fn):
     """fn's result and the peak memory (GB) while it ran."""
     import mlx.core as mx
 
@@ -169,7 +174,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     t = time.perf_counter()
     inner.step(batches)
     r["first_step_s"] = time.perf_counter() - t
-    r["step_s"], r["step_peak_gb"] = _peak(lambda: median_time(lambda: inner.step(batches), args.repeats))
+    r["step_s"], r["step_peak_gb"] = with_peak_memory(lambda: median_time(lambda: inner.step(batches), args.repeats))
     r["step_tok_s"] = tokens / r["step_s"]
     theta = inner.weights()
 
@@ -177,7 +182,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
         new, _, _ = reptile.outer_step(inner, theta, [rows], 0.1)
         mx.eval(new)
 
-    r["episode_s"], r["episode_peak_gb"] = _peak(lambda: median_time(episode, max(1, args.repeats // 2)))
+    r["episode_s"], r["episode_peak_gb"] = with_peak_memory(lambda: median_time(episode, max(1, args.repeats // 2)))
     r["episode_tok_s"] = T * tokens / r["episode_s"]
     r["meta_overhead"] = r["episode_s"] / (T * r["step_s"])
     shots = random_rows(SHOTS, L, vocab, 1)
@@ -190,7 +195,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     adapt()  # the 5-row micro-batch shapes compile here, not in the timing
     r["adapt_s"] = median_time(adapt, max(1, args.repeats // 2), warmup=0)
     r["adapt_tok_s"] = T * SHOTS * L / r["adapt_s"]
-    g, r["gen_peak_gb"] = _peak(lambda: mlx_generation(model, tokenizer, vocab, args.gen_batch, L // 2,
+    g, r["gen_peak_gb"] = with_peak_memory(lambda: mlx_generation(model, tokenizer, vocab, args.gen_batch, L // 2,
                                                        args.gen_tokens, max(1, args.repeats // 2)))
     r.update(g)
     r["flops_per_token"] = flops_per_token(cfg)
@@ -244,7 +249,7 @@ def mlx_full_ft(args, shape: str) -> dict:
     t = time.perf_counter()
     run()
     first = time.perf_counter() - t
-    s, peak = _peak(lambda: median_time(run, max(1, args.repeats // 2), warmup=0))
+    s, peak = with_peak_memory(lambda: median_time(run, max(1, args.repeats // 2), warmup=0))
     return {"full_ft_step_s": s, "full_ft_first_s": first, "full_ft_peak_gb": peak}
 
 
@@ -350,7 +355,7 @@ def torch_worker(spec_path: str) -> None:
             r["full_ft_first_s"] = time.perf_counter() - t
             r["full_ft_step_s"], r["full_ft_peak_gb"] = peak(lambda: median_time(ft_step, max(1, repeats // 2), 0))
         except Exception as e:
-            r["full_ft"] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            r["full_ft"] = f"failed: {one_line(e)}"
     print("RESULT " + json.dumps(r), flush=True)
 
 
@@ -545,7 +550,7 @@ def main(argv=None):
                 try:
                     m.update(mlx_full_ft(args, shape))
                 except Exception as e:  # out of memory on big shapes: say so, keep the rest
-                    m["full_ft"] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                    m["full_ft"] = f"failed: {one_line(e)}"
             m["mlx_held_gb_during_torch"] = release_mlx()
             save()
             vocab = SHAPES[shape]["vocab_size"] if SHAPES[shape] else None

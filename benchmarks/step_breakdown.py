@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import _peak, flops_per_token, median_time, mlx_matmul_peak, mlx_model, random_rows, \
-    release_mlx, token_range
+from benchmarks.runner import flops_per_token, median_time, mlx_matmul_peak, mlx_model, one_line, random_rows, \
+    release_mlx, token_range, with_peak_memory
 
 
 def measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, checkpoint=False, grad_only=False,
@@ -77,7 +77,7 @@ def measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, che
     t = time.perf_counter()
     step()
     first = time.perf_counter() - t
-    s, peak = _peak(lambda: median_time(step, args.repeats))
+    s, peak = with_peak_memory(lambda: median_time(step, args.repeats))
     tokens = args.batch * args.length
     return {"variant": name, "step_s": s, "tok_s": tokens / s, "peak_gb": peak, "first_step_s": first,
             "utilisation": tokens * flops_per_token(cfg) / s / args.peak_flops}
@@ -137,7 +137,7 @@ def main(argv=None):
         try:
             row = measure(name, args.shape, args, **opts)
         except Exception as e:  # e.g. out of memory: keep the other variants
-            row = {"variant": name, "failed": f"{type(e).__name__}: {str(e)[:150]}"}
+            row = {"variant": name, "failed": one_line(e)}
         release_mlx()
         res["rows"].append(row)
         print(json.dumps(row), flush=True)

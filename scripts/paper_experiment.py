@@ -149,6 +149,18 @@ def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
     return rows
 
 
+def _test_draws(args) -> int:
+    return 1 if args.quick else 3
+
+
+def _protocol_b(args, out: Path, dest, **over) -> None:
+    """Each task from the start meta-trained without it (the paper variant), at 0/1/5 shots on its
+    test split; dest(task) names the folder."""
+    for t in TASKS:
+        _compare(args, out, adapters=str(out / "meta" / f"without-{t}"), systems=["reptilora"], shots=[0, 1, 5],
+                 draws=_test_draws(args), split="test", tasks=[t], dest=dest(t), **over)
+
+
 def _mean_rouge_l(rows, shots=(1, 5)) -> float:
     vals = [r["rougeL"]["mid"] for r in rows if r["shots"] in shots and "same_as" not in r]
     return sum(vals) / len(vals)
@@ -181,8 +193,7 @@ def stage_tune(args, out: Path) -> dict:
 def stage_test(args, out: Path) -> None:
     choice = json.loads((out / "tune" / "choice.json").read_text())
     start = out / "meta" / choice["reptilora_start"]
-    draws = 1 if args.quick else 3
-    common = dict(split="test", draws=draws, tasks=TASKS)
+    common = dict(split="test", draws=_test_draws(args), tasks=TASKS)
     _compare(args, out, adapters=str(start), systems=["reptilora"], shots=[0, 1, 5],
              steps=choice["reptilora_steps"], dest=out / "test" / "a-reptilora", **common)
     _compare(args, out, adapters=str(start), systems=["lora"], shots=[0, 1, 5], steps=choice["lora_steps"],
@@ -192,9 +203,7 @@ def stage_test(args, out: Path) -> None:
              batch_size=min(args.batch_size, 16), dest=out / "test" / "a-in-context", **common)
     # Protocol (b): the start never saw the task. The leave-one-out runs use the paper variant
     # (they are trained alongside the tuning runs); the adaptation steps are the tuned ones.
-    for t in TASKS:
-        _compare(args, out, adapters=str(out / "meta" / f"without-{t}"), systems=["reptilora"], shots=[0, 1, 5],
-                 steps=choice["reptilora_steps"], dest=out / "test" / f"b-{t}", **{**common, "tasks": [t]})
+    _protocol_b(args, out, lambda t: out / "test" / f"b-{t}", steps=choice["reptilora_steps"])
 
 
 def stage_why(args, out: Path) -> dict:
@@ -225,21 +234,18 @@ def stage_why(args, out: Path) -> dict:
         if best == "tuned":
             continue  # its test rows are protocol (a)'s
         path, over, _ = named[best]
-        _compare(args, out, adapters=str(path), systems=[system], shots=[0, 1, 5], draws=1 if args.quick else 3,
+        _compare(args, out, adapters=str(path), systems=[system], shots=[0, 1, 5], draws=_test_draws(args),
                  split="test", tasks=TASKS, dest=out / "why" / f"test-{system}-{best}", **over)
         summary["test"][system] = f"test-{system}-{best}"
         if system == "reptilora" and path == start:  # an adaptation setting: protocol (b) too
-            for t in TASKS:
-                _compare(args, out, adapters=str(out / "meta" / f"without-{t}"), systems=[system], shots=[0, 1, 5],
-                         draws=1 if args.quick else 3, split="test", tasks=[t], dest=out / "why" / f"test-b-{t}-{best}",
-                         **over)
+            _protocol_b(args, out, lambda t: out / "why" / f"test-b-{t}-{best}", **over)
             summary["test_b"] = {t: f"test-b-{t}-{best}" for t in TASKS}
     (out / "why" / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[why] best: ReptiLoRA {summary['best_reptilora']}, LoRA {summary['best_lora']}", flush=True)
     return summary
 
 
-def why_table(out: Path) -> str:
+def why_table(out: Path, draws: int) -> str:
     """Validation means of every probe, and protocol (a) redone with the best ones."""
     from mlx_reptilora import compare
 
@@ -259,7 +265,8 @@ def why_table(out: Path) -> str:
         for system in ("lora", "reptilora"):
             folder = summary["test"].get(system) or f"../test/a-{system}"
             rows[system] = json.loads((out / "why" / folder / "results.json").read_text())["rows"]
-        cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=3, split="test", systems=["lora", "reptilora"])
+        cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=draws, split="test",
+                                    systems=["lora", "reptilora"])
         text += (f"\nTest splits with the best probes (ReptiLoRA: {summary['best_reptilora']}, "
                  f"LoRA: {summary['best_lora']}):\n\n" + compare.markdown_table(rows["lora"] + rows["reptilora"], cfg))
         if summary.get("test_b"):
@@ -278,18 +285,16 @@ def stage_report(args, out: Path) -> None:
     def rows_of(name):
         path = out / "test" / name / "results.json"
         if not path.exists():  # a stage cut short (e.g. the GPU lease ended): report what exists
-            if name not in missing:
-                missing.append(name)
+            missing.append(name)
             return []
         return json.loads(path.read_text())["rows"]
 
-    a = rows_of("a-lora") + rows_of("a-reptilora") + rows_of("a-in-context")
-    a += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
-          for r in rows_of("a-lora") if r["shots"] == 0]
+    lora = rows_of("a-lora")
+    a = lora + rows_of("a-reptilora") + rows_of("a-in-context")
+    a += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"} for r in lora if r["shots"] == 0]
     b = [{**r, "system": "reptilora"} for t in TASKS for r in rows_of(f"b-{t}")]
     b += [r for r in a if r["system"] == "lora"]
-    draws = 1 if args.quick else 3
-    cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=draws, split="test", limit=args.limit)
+    cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=_test_draws(args), split="test", limit=args.limit)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     table_a = compare.markdown_table(a, cfg)
@@ -315,7 +320,7 @@ def stage_report(args, out: Path) -> None:
     curves(out, report / "query-loss.png")
     if missing:
         gap_lines += ["", f"Not run (no results): {', '.join(missing)}."]
-    why = why_table(out)
+    why = why_table(out, cfg.draws)
     (report / "tables.md").write_text(f"## Protocol (a)\n\n{table_a}\n## Protocol (b)\n\n{table_b}\n## Gains\n\n"
                                       + "\n".join(gap_lines) + "\n" + (f"\n## Why: probes\n\n{why}" if why else ""))
     (report / "gains.json").write_text(json.dumps(gaps, indent=2))
