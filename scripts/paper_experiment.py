@@ -149,6 +149,13 @@ def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
     return rows
 
 
+def _choice(out: Path) -> dict:
+    path = out / "tune" / "choice.json"
+    if not path.exists():
+        raise SystemExit(f"error: {path} not found: run --stage tune first (it picks the starts and steps to test)")
+    return json.loads(path.read_text())
+
+
 def _test_draws(args) -> int:
     return 1 if args.quick else 3
 
@@ -191,7 +198,7 @@ def stage_tune(args, out: Path) -> dict:
 
 
 def stage_test(args, out: Path) -> None:
-    choice = json.loads((out / "tune" / "choice.json").read_text())
+    choice = _choice(out)
     start = out / "meta" / choice["reptilora_start"]
     common = dict(split="test", draws=_test_draws(args), tasks=TASKS)
     _compare(args, out, adapters=str(start), systems=["reptilora"], shots=[0, 1, 5],
@@ -209,7 +216,7 @@ def stage_test(args, out: Path) -> None:
 def stage_why(args, out: Path) -> dict:
     """Each probe against the tuned choice on the validation splits (mean R-L at 1 and 5 shots per
     task, the tuning criterion); the best ReptiLoRA probe, and LoRA's if it gained, then on test."""
-    choice = json.loads((out / "tune" / "choice.json").read_text())
+    choice = _choice(out)
     start, steps = out / "meta" / choice["reptilora_start"], choice["reptilora_steps"]
     valid = dict(shots=[1, 5], draws=args.tune_draws, split="valid", tasks=TASKS)
     # name -> (start, compare settings, folder); the tuned settings' runs are the tune stage's own
