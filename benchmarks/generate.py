@@ -11,7 +11,9 @@ import time
 
 import mlx_reptilora  # noqa: F401 -- OpenBLAS before mlx.core
 
-from mlx_reptilora import backend, evaluate, models, tasks
+from mlx_reptilora.data import tasks
+from mlx_reptilora.evaluation import evaluate
+from mlx_reptilora.model import backend, models
 
 
 def main():

@@ -16,7 +16,7 @@ import mlx_reptilora  # noqa: F401 -- preloads OpenBLAS before mlx.core
 import mlx.core as mx
 import numpy as np
 
-from mlx_reptilora import backend
+from mlx_reptilora.model import backend
 
 SHAPES = [(1024, 1024, 1024), (1024, 576, 576), (1024, 576, 1536), (1024, 1536, 576)]
 

@@ -21,8 +21,10 @@ import mlx_reptilora  # noqa: F401 -- OpenBLAS before mlx.core
 import mlx.core as mx
 import numpy as np
 
-from mlx_reptilora import adapters, backend, episodes, models, prompts, reptile, tasks
-from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
+from mlx_reptilora.data import episodes, prompts, tasks
+from mlx_reptilora.meta import reptile
+from mlx_reptilora.model import adapters, backend, models
+from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 from runner import median_time  # benchmarks/ is on sys.path when this file runs as a script
 
 
@@ -32,7 +34,7 @@ def torch_worker(path, batch_file, repeats, steps):
     import numpy as np
     import torch
 
-    from mlx_reptilora import torch_ref
+    from mlx_reptilora.crosscheck import torch_ref
 
     dev = torch_ref.device()
     if dev == "cpu":

@@ -62,7 +62,7 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
 
 def random_rows(n: int, length: int, vocab: int, seed: int):
     """Token rows with the loss on their last quarter, as prompts.Tokenized."""
-    from mlx_reptilora.prompts import Tokenized
+    from mlx_reptilora.data.prompts import Tokenized
 
     rng = np.random.default_rng(seed)
     return [Tokenized(rng.integers(3, vocab, length).astype(np.int32), length - length // TARGET_FRACTION, False)
@@ -85,7 +85,7 @@ def flops_per_token(shape_cfg: dict) -> float:
 def mlx_matmul_peak(size: int, repeats: int) -> dict:
     import mlx.core as mx
 
-    from mlx_reptilora import backend
+    from mlx_reptilora.model import backend
 
     dtype = mx.bfloat16 if backend.backend_name() != "cpu" else mx.float32
     a = mx.random.normal((size, size)).astype(dtype)
@@ -100,7 +100,7 @@ def mlx_model(shape: str, precision: str, model_path: str | None):
     import mlx.core as mx
     from mlx_lm.utils import load_tokenizer
 
-    from mlx_reptilora import backend, models
+    from mlx_reptilora.model import backend, models
 
     bits = 4 if precision == "4bit" else None
     if SHAPES[shape] is None:
@@ -158,8 +158,9 @@ def mlx_generation(model, tokenizer, vocab: int, n: int, prompt_len: int, new_to
 def mlx_side(args, shape: str, precision: str) -> dict:
     import mlx.core as mx
 
-    from mlx_reptilora import adapters, backend, reptile
-    from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
+    from mlx_reptilora.meta import reptile
+    from mlx_reptilora.model import adapters, backend
+    from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 
     model, tokenizer, cfg = mlx_model(shape, precision, args.model)
     vocab = token_range(tokenizer, cfg)
@@ -222,8 +223,8 @@ def mlx_full_ft(args, shape: str) -> dict:
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from mlx_reptilora import episodes
-    from mlx_reptilora.losses import batch_arrays, summed_loss
+    from mlx_reptilora.data import episodes
+    from mlx_reptilora.meta.losses import batch_arrays, summed_loss
 
     model, tokenizer, cfg = mlx_model(shape, "float", args.model)
     vocab = token_range(tokenizer, cfg)
@@ -259,8 +260,10 @@ def torch_worker(spec_path: str) -> None:
     fight over a small CPU's cores inside one process)."""
     import torch
 
-    from mlx_reptilora import adapters, episodes, torch_ref
-    from mlx_reptilora.inner_loop import InnerConfig
+    from mlx_reptilora.crosscheck import torch_ref
+    from mlx_reptilora.data import episodes
+    from mlx_reptilora.model import adapters
+    from mlx_reptilora.meta.inner_loop import InnerConfig
 
     spec = json.loads(Path(spec_path).read_text())
     dev = torch_ref.device()
@@ -388,8 +391,8 @@ def sweep(args) -> list[dict]:
     on a full run, the tiny one in quick mode."""
     import mlx.core as mx
 
-    from mlx_reptilora import adapters
-    from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
+    from mlx_reptilora.model import adapters
+    from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 
     shape = "tiny" if args.quick else "smollm2-135m"
     model, tokenizer, cfg = mlx_model(shape, "float", args.model)
@@ -502,7 +505,7 @@ def main(argv=None):
 
     import mlx_reptilora  # noqa: F401 -- BLAS before mlx.core
 
-    from mlx_reptilora import backend, models
+    from mlx_reptilora.model import backend, models
 
     gpu = backend.backend_name() != "cpu"
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731

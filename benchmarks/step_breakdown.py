@@ -35,9 +35,9 @@ def measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, che
     from mlx.utils import tree_map
     from mlx_lm.tuner import trainer
 
-    from mlx_reptilora import adapters
-    from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
-    from mlx_reptilora.losses import batch_arrays
+    from mlx_reptilora.model import adapters
+    from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
+    from mlx_reptilora.meta.losses import batch_arrays
 
     model, tokenizer, cfg = mlx_model(shape, "float", args.model)
     adapters.attach(model, adapters.LoraConfig(dropout=dropout))
@@ -120,7 +120,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import mlx_reptilora  # noqa: F401 -- BLAS before mlx.core
-    from mlx_reptilora import backend
+    from mlx_reptilora.model import backend
     from benchmarks.runner import device_name
 
     peak = mlx_matmul_peak(8192 if backend.backend_name() != "cpu" else 1024, args.repeats)

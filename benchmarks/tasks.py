@@ -14,7 +14,8 @@ import time
 import mlx_reptilora  # noqa: F401
 from mlx_lm.utils import load_tokenizer
 
-from mlx_reptilora import episodes, models, prompts, tasks
+from mlx_reptilora.data import episodes, prompts, tasks
+from mlx_reptilora.model import models
 
 
 def main():

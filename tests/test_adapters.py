@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_reptilora import adapters, models
+from mlx_reptilora.model import adapters, models
 from mlx_reptilora.errors import UserError
 
 IDS = mx.array([[1, 504, 3612, 314, 253, 1345, 30, 2]])

@@ -37,7 +37,7 @@ def test_bad_model_is_one_line(model, message):
 
 
 def test_peft_commands_round_trip(tiny, tmp_path):
-    from mlx_reptilora import adapters
+    from mlx_reptilora.model import adapters
 
     cfg = adapters.LoraConfig(rank=4)
     adapters.attach(tiny.model, cfg)

@@ -9,7 +9,8 @@ peft = pytest.importorskip("peft")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlx_reptilora import adapters, crosscheck, torch_ref  # noqa: E402
+from mlx_reptilora.crosscheck import check as crosscheck, torch_ref  # noqa: E402
+from mlx_reptilora.model import adapters  # noqa: E402
 
 
 @pytest.mark.slow

@@ -15,9 +15,11 @@ import mlx.optimizers as optim
 import numpy as np
 import pytest
 
-from mlx_reptilora import adapters, episodes, losses, meta_train, models, prompts, reptile, tasks
+from mlx_reptilora.data import episodes, prompts, tasks
+from mlx_reptilora.meta import losses, train as meta_train, reptile
+from mlx_reptilora.model import adapters, models
 from mlx_reptilora.errors import UserError
-from mlx_reptilora.inner_loop import InnerConfig, InnerLoop
+from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 
 
 def small_cfg(tiny_dir, out, **kw):
@@ -171,7 +173,7 @@ def test_out_folder_is_never_overwritten_and_resume_checks_settings(tiny_dir, tm
 
 
 def test_yaml_config_and_unknown_keys(tmp_path):
-    from mlx_reptilora import config
+    from mlx_reptilora import options as config
 
     p = tmp_path / "c.yaml"
     p.write_text("inner-lr: 1\nepisodes: 4\ntasks: pydoc,aclsum-title\n")
@@ -254,7 +256,7 @@ def test_checkpointed_dropout_differentiates_through_the_forward_masks():
     """With w = 1, d(sum(dropout(x) * w))/dw summed equals the loss only if the backward pass uses
     the forward's dropout masks; a recomputation drawing new masks (mlx-lm's grad_checkpoint with
     dropout) breaks the equality."""
-    from mlx_reptilora.inner_loop import checkpointed_layers
+    from mlx_reptilora.meta.inner_loop import checkpointed_layers
 
     class Block(nn.Module):
         def __init__(self):

@@ -7,7 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_reptilora import gguf, models
+from mlx_reptilora.model import gguf, models
 from mlx_reptilora.errors import UserError
 
 

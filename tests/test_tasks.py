@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mlx_reptilora import episodes, prompts, tasks
+from mlx_reptilora.data import episodes, prompts, tasks
 from mlx_reptilora.errors import UserError
 
 
@@ -41,7 +41,7 @@ def test_aclsum_documents_are_abstract_plus_introduction():
 
 
 def test_pydoc_sizes_determinism_and_no_tests(tmp_path):
-    from mlx_reptilora import corpora
+    from mlx_reptilora.data import corpora
 
     a = corpora.pydoc(cache=None)
     b = corpora.pydoc(cache=tmp_path)  # computes and writes the cache

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UserError
 from . import prompts
-from .errors import UserError
 from .tasks import Task
 
 

@@ -11,10 +11,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import adapters, episodes, evaluate, models, prompts, tasks
-from .errors import UserError
-from .inner_loop import InnerConfig, InnerLoop
-from .progress import Progress
+from ..data import episodes, prompts, tasks
+from ..errors import UserError
+from ..meta.inner_loop import InnerConfig, InnerLoop
+from ..model import adapters, models
+from ..progress import Progress
+from . import evaluate
 
 SYSTEMS = ("lora", "reptilora", "in-context")
 LABELS = {"lora": "LoRA", "reptilora": "ReptiLoRA", "in-context": "In-context"}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adapters, episodes, models, prompts, tasks
+from ..data import episodes, prompts, tasks
+from ..model import adapters, models
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 

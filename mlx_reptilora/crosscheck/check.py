@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
-from . import adapters, backend, episodes, models, prompts, reptile, tasks, torch_ref
-from .inner_loop import InnerConfig, InnerLoop
+from ..data import episodes, prompts, tasks
+from ..meta import reptile
+from ..meta.inner_loop import InnerConfig, InnerLoop
+from ..model import adapters, backend, models
+from . import torch_ref
 
 
 @dataclass

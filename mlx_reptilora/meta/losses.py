@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .episodes import Batch
+from ..data.episodes import Batch
 
 
 def lm_head(model: nn.Module, hidden: mx.array) -> mx.array:

@@ -16,10 +16,13 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_map
 
-from . import adapters, backend, checkpoint, config, episodes, models, prompts, reptile, tasks
-from .errors import UserError
+from .. import options as config
+from ..data import episodes, prompts, tasks
+from ..errors import UserError
+from ..model import adapters, backend, models
+from ..progress import Progress
+from . import checkpoint, reptile
 from .inner_loop import InnerConfig, InnerLoop, NonFiniteLoss
-from .progress import Progress
 
 # What may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_checkpoints", "eval_every",

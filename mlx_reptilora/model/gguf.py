@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .errors import UserError
+from ..errors import UserError
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -204,7 +204,7 @@ def convert(gguf_path: str | Path, out_dir: str | Path) -> Path:
             {k: v for k, v in tokenizer_config(meta).items() if k.endswith("_token")}, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, indent=2))
-        (tmp / "SOURCE").write_text(f"converted by mlx_reptilora.gguf from {gguf_path}\n")
+        (tmp / "SOURCE").write_text(f"converted by mlx_reptilora.model.gguf from {gguf_path}\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is ordinary data
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .errors import UserError
+from ..errors import UserError
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"

@@ -20,8 +20,9 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from . import adapters, episodes
-from .errors import UserError
+from ..data import episodes
+from ..errors import UserError
+from ..model import adapters
 from .losses import batch_arrays, summed_loss
 
 OPTIMIZERS = ("adamw", "adam0", "sgd")

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import adapters, episodes, models, prompts, tasks
-from .errors import UserError
-from .inner_loop import InnerConfig, InnerLoop
+from ..data import episodes, prompts, tasks
+from ..errors import UserError
+from ..meta.inner_loop import InnerConfig, InnerLoop
+from ..model import adapters, models
 
 
 @dataclass

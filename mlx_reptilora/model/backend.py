@@ -21,7 +21,7 @@ def compute_dtype(name: str | None = None) -> mx.Dtype:
     """float32 on CPU (fp16/bf16 matmul there is ~20x slower than fp32), bfloat16 on a GPU."""
     if name is not None:
         if name not in DTYPES:
-            from .errors import UserError
+            from ..errors import UserError
 
             raise UserError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
         return DTYPES[name]

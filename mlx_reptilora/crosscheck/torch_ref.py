@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import adapters
-from .episodes import Batch
-from .errors import UserError
-from .inner_loop import InnerConfig
+from ..data.episodes import Batch
+from ..errors import UserError
+from ..meta.inner_loop import InnerConfig
+from ..model import adapters
 
 
 def _torch():

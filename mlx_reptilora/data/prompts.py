@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tasks import Example
+from .examples import Example
 
 INSTRUCTION = "Summarize the following text in one or two sentences."
 _SLOT = "\x00DOCUMENT\x00"

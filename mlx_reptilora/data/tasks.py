@@ -11,16 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import UserError
+from ..errors import UserError
+from ..paths import cache_dir
+from . import corpora
+from .examples import Example
 
 SPLITS = ("train", "valid", "test")
 OFFLINE_TASKS = ("aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc")
-
-
-class Example(NamedTuple):
-    document: str
-    summary: str
-    id: str = ""
 
 
 @dataclass
@@ -145,9 +142,6 @@ def _load_folder(path: Path, cfg: TaskConfig) -> Task:
 
 
 def _load_offline(name: str, cfg: TaskConfig) -> Task:
-    from . import corpora
-    from .models import cache_dir
-
     if name == "pydoc":
         return Task(name, corpora.pydoc(cache_dir() / "tasks"), "python stdlib docstrings")
     aspect = name.split("-", 1)[1]

@@ -13,8 +13,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from .errors import UserError
-from .tasks import Example
+from ..errors import UserError
+from .examples import Example
 
 ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 ACLSUM_SPLITS = {"train": "train", "valid": "val", "test": "test"}

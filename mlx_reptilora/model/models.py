@@ -14,8 +14,9 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import UserError
+from ..paths import cache_dir
 from . import backend, gguf
-from .errors import UserError
 
 BUNDLED = "bundled"  # the name `--model` accepts for the default; None means the same
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,12 +30,6 @@ class Base:
     name: str  # what the user asked for (repo id, path, or "bundled")
     dtype: mx.Dtype
     quantize_bits: int | None
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("MLX_REPTILORA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlx-reptilora")
-    return Path(root)
 
 
 def bundled_gguf() -> Path:

@@ -1,0 +1,1 @@
+"""Tasks → prompts → episodes and batches: everything before a model sees a token."""
