@@ -158,7 +158,8 @@ def mlx_generation(model, tokenizer, vocab: int, n: int, prompt_len: int, new_to
 def mlx_side(args, shape: str, precision: str) -> dict:
     import mlx.core as mx
 
-    from mlx_reptilora.meta import reptile
+    from mlx_reptilora.data import episodes
+    from mlx_reptilora.meta import train
     from mlx_reptilora.model import adapters, backend
     from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 
@@ -179,9 +180,10 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     r["step_tok_s"] = tokens / r["step_s"]
     theta = inner.weights()
 
+    learner = train.make_learner(train.MetaTrainConfig(inner_steps=T))
+
     def episode():
-        new, _, _ = reptile.outer_step(inner, theta, [rows], 0.1)
-        mx.eval(new)
+        mx.eval(learner.step(theta, [episodes.Episode(0, "random", rows, [])], inner, 0).theta)
 
     r["episode_s"], r["episode_peak_gb"] = with_peak_memory(lambda: median_time(episode, max(1, args.repeats // 2)))
     r["episode_tok_s"] = T * tokens / r["episode_s"]

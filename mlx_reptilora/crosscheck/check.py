@@ -6,36 +6,40 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from .. import options
 from ..data import episodes, prompts, tasks
-from ..meta import reptile
+from ..meta import train
 from ..meta.inner_loop import InnerConfig, InnerLoop
 from ..model import adapters, backend, models
+from ..options import option
 from . import torch_ref
 
 
 @dataclass
 class CrosscheckConfig:
-    model: str | None = None
-    tasks: list[str] = field(default_factory=lambda: ["aclsum-title", "pydoc"])
-    episodes: int = 2
-    support: int = 4
-    inner_steps: int = 3
-    inner_lr: float = 5e-4
-    meta_lr: float = 0.1
-    rank: int = 16
-    alpha: float = 32.0
-    max_length: int = 128
-    micro_batch: int = 4
-    seed: int = 0
-    dtype: str = "float32"  # both frameworks' compute dtype; adapters stay float32
-    device: str | None = None  # torch device; default cuda when there is one
-    json: str | None = None
-    quiet: bool = False
+    model: str | None = option(None, "HF repo id, local model folder or .gguf file",
+                               default_text="the bundled SmolLM2-135M-Instruct")
+    tasks: list[str] = option(["aclsum-title", "pydoc"], "comma-separated tasks")
+    episodes: int = option(2, "Reptile episodes", min=1)
+    support: int = option(4, "support examples per episode", min=1)
+    inner_steps: int = option(3, "inner AdamW steps", min=1)
+    inner_lr: float = option(5e-4, "inner learning rate", gt=0)
+    meta_lr: float = option(0.1, "Reptile step size α", gt=0, max=1)
+    rank: int = option(16, "LoRA rank", min=1)
+    alpha: float = option(32.0, "LoRA alpha", gt=0)
+    max_length: int = option(128, "max tokens per example", min=16)
+    micro_batch: int = option(4, "examples per forward pass", min=1)
+    seed: int = option(0, "seed of the episodes and the start", min=0)
+    dtype: str = option("float32", "compute dtype of both frameworks (adapters stay float32)",
+                        choices=tuple(backend.DTYPES))
+    device: str | None = option(None, "torch device", default_text="cuda when there is one, else cpu")
+    json: str | None = option(None, "write the numbers here")
+    quiet: bool = option(False, "no progress output", short="-q")
 
 
 def compare_adapters(a: dict, b: dict, step: float) -> dict:
@@ -55,6 +59,7 @@ def compare_adapters(a: dict, b: dict, step: float) -> dict:
 
 
 def run(cfg: CrosscheckConfig) -> dict:
+    options.check(cfg)
     base = models.load(cfg.model, cfg.dtype, verbose=not cfg.quiet)
     lora = adapters.LoraConfig(cfg.rank, cfg.alpha, 0.0)  # dropout off: both must see the same function
     adapters.attach(base.model, lora, seed=cfg.seed)
@@ -66,6 +71,9 @@ def run(cfg: CrosscheckConfig) -> dict:
     buckets = episodes.buckets(cfg.max_length)
     mlx_inner = InnerLoop(base.model, inner_cfg, buckets)
     theta_mlx = mlx_inner.weights()
+    # the project's own Reptile learner, with the paper's constant α and a fresh optimizer per task
+    learner = train.make_learner(train.MetaTrainConfig(meta_lr=cfg.meta_lr, inner_steps=cfg.inner_steps,
+                                                       episodes=cfg.episodes))
 
     dev = cfg.device or torch_ref.device()
     peft_model = torch_ref.load_peft(base.path, lora, dtype=cfg.dtype, dev=dev)
@@ -78,7 +86,8 @@ def run(cfg: CrosscheckConfig) -> dict:
         ep = sampler.sample()
         batches = episodes.micro_batches(ep.support, cfg.micro_batch, buckets)  # the very same token ids
         t0 = time.perf_counter()
-        new_mlx, _, mlx_losses = reptile.outer_step(mlx_inner, theta_mlx, [ep.support], cfg.meta_lr)
+        step = learner.step(theta_mlx, [ep], mlx_inner, e)
+        new_mlx, mlx_losses = step.theta, step.metrics["inner_losses"]
         mx.eval(new_mlx)
         t1 = time.perf_counter()
         torch_ref.set_adapters(peft_model, theta_torch)

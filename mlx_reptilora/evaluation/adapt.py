@@ -4,50 +4,46 @@ very inner loop meta-training uses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import episodes, prompts, tasks
-from ..errors import UserError
-from ..meta.inner_loop import InnerConfig, InnerLoop
+from ..meta.inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, StepOptions
 from ..model import adapters, models
+from .. import options
+from ..options import option
 
 
 @dataclass
-class AdaptConfig:
-    task: str = "aclsum-title"
-    shots: int = 5
-    adapters: str | None = None  # a meta-learned (or any mlx-lm LoRA) folder; None = standard start
-    model: str | None = None
-    steps: int = 7
-    lr: float = 5e-4
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    grad_clip: float = 0.5
-    micro_batch: int = 4
-    grad_checkpoint: bool = False
-    rank: int = 16  # rank/alpha/dropout/keys/layers: only for the standard start
-    alpha: float = 32.0
-    dropout: float = 0.1
-    lora_keys: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
-    lora_layers: int = -1
-    max_length: int = 512
-    seed: int = 0  # which k shots are drawn, and the standard start's A
-    dtype: str | None = None
-    quantize: int | None = None
-    out: str = "runs/adapted"
-    quiet: bool = False
+class AdaptOptions(StepOptions):
+    """How a start is adapted to k shots (adapt, and both systems of compare)."""
+
+    steps: int = option(7, "adaptation steps", min=0)
+    lr: float = option(5e-4, "adaptation learning rate", gt=0)
+    optimizer: str = option("adamw", "adamw | adam0 (Adam with beta1 = 0) | sgd", choices=OPTIMIZERS)
 
     def inner(self) -> InnerConfig:
         return InnerConfig(self.steps, self.lr, self.optimizer, self.weight_decay, self.grad_clip, self.micro_batch,
                            grad_checkpoint=self.grad_checkpoint)
 
 
+@dataclass
+class AdaptConfig(models.ModelOptions, adapters.LoraOptions, AdaptOptions):
+    task: str | None = option(None, "task name or folder", required=True)
+    shots: int | None = option(None, "k training examples to adapt on; 0 = no adaptation", min=0, required=True)
+    adapters: str | None = option(None, "the start: a meta-learned (or any mlx-lm LoRA) adapters folder; "
+                                        "LoRA options apply only without it", default_text="the standard LoRA start")
+    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16)
+    seed: int = option(0, "which shots are drawn, and the standard start's A", min=0)
+    out: str = option("runs/adapted", "output folder for the adapted adapters")
+    quiet: bool = option(False, "no progress output", short="-q")
+
+
 def start(base: models.Base, cfg: AdaptConfig) -> adapters.LoraConfig:
     """Attach the starting adapters: the meta-learned ones, or the standard LoRA start."""
     if cfg.adapters:
         return adapters.load(base.model, cfg.adapters)
-    lora = adapters.LoraConfig(cfg.rank, cfg.alpha, cfg.dropout, list(cfg.lora_keys), cfg.lora_layers)
+    lora = cfg.lora()
     adapters.attach(base.model, lora, seed=cfg.seed)
     return lora
 
@@ -67,17 +63,18 @@ def fine_tune(base: models.Base, shots: list[prompts.Tokenized], cfg: AdaptConfi
 
 
 def run(cfg: AdaptConfig) -> Path:
-    if cfg.shots < 0:
-        raise UserError(f"--shots must be >= 0 (got {cfg.shots})")
+    options.check(cfg)
     task = tasks.load(cfg.task)  # fail on a bad task before loading the model
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     lora = start(base, cfg)
+    if not cfg.quiet:
+        print(f"start: {adapters.origin(cfg.adapters) if cfg.adapters else 'the standard LoRA start (B = 0)'}")
     shots = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else []
     losses = fine_tune(base, shots, cfg)
     if losses and not cfg.quiet:
         print(f"adapted on {cfg.shots} shots of {task.name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     out = adapters.save(base.model, lora, cfg.out, extra={
-        "start": cfg.adapters or "standard", "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
+        "start": cfg.adapters or "standard", "start_learner": adapters.learner_of(cfg.adapters), "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
         "steps": cfg.steps if cfg.shots else 0, "lr": cfg.lr, "losses": losses, "base_model": base.name})
     if not cfg.quiet:
         print(f"adapters: {out}")

@@ -8,42 +8,41 @@ so the interval covers both which examples were tested and which shots were draw
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
-from ..meta.inner_loop import InnerConfig, InnerLoop
+from ..meta.inner_loop import InnerLoop
 from ..model import adapters, models
+from ..options import option
 from ..progress import Progress
 from . import evaluate
+from .adapt import AdaptOptions
 
-SYSTEMS = ("lora", "reptilora", "in-context")
+SYSTEMS = ("lora", "reptilora", "in-context")  # "reptilora": the meta-learned start, whatever its learner
 LABELS = {"lora": "LoRA", "reptilora": "ReptiLoRA", "in-context": "In-context"}
+META_LABELS = {"reptile": "ReptiLoRA", "fomaml": "FOMAML start", "maml": "MAML start"}
+
+
+def label(system: str, learner: str | None = "reptile") -> str:
+    """A column's name: the meta start is named after the learner that made it."""
+    if system == "reptilora" and learner != "reptile":
+        return META_LABELS.get(learner, "Meta start")
+    return LABELS[system]
 
 
 @dataclass
-class CompareConfig:
-    adapters: str = "runs/meta"  # the meta-learned start
-    tasks: list[str] = field(default_factory=lambda: list(tasks.OFFLINE_TASKS))
-    shots: list[int] = field(default_factory=lambda: [0, 1, 5])
-    draws: int = 3
-    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    model: str | None = None
-    steps: int = 7
-    lr: float = 5e-4
-    grad_clip: float = 0.5
-    micro_batch: int = 4
-    grad_checkpoint: bool = False
-    split: str = "test"
-    limit: int | None = None
-    batch_size: int = 16
-    max_length: int = 512
-    seed: int = 0
-    dtype: str | None = None
-    quantize: int | None = None
-    out: str = "runs/compare"
-    quiet: bool = False
+class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
+    adapters: str | None = option(None, "the meta-learned start (adapters folder)", required=True)
+    tasks: list[str] = option(list(tasks.OFFLINE_TASKS), "comma-separated tasks")
+    shots: list[int] = option([0, 1, 5], "comma-separated shot counts", min=0)
+    draws: int = option(3, "draws of the shots per k > 0, pooled into one interval", min=1)
+    systems: list[str] = option(list(SYSTEMS), "which systems to compare", choices=SYSTEMS)
+    seed: int = option(0, "seed of the first draw (draw d uses seed + d)", min=0)
+    out: str = option("runs/compare", "output folder")
+    quiet: bool = option(False, "no progress output", short="-q")
 
 
 def _cells(cfg: CompareConfig):
@@ -56,13 +55,10 @@ def _cells(cfg: CompareConfig):
 
 
 def run(cfg: CompareConfig) -> dict:
-    unknown = [s for s in cfg.systems if s not in SYSTEMS]
-    if unknown:
-        raise UserError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
-    if cfg.draws < 1 or any(k < 0 for k in cfg.shots):
-        raise UserError("--draws must be >= 1 and --shots non-negative")
+    options.check(cfg)
     lora = adapters.read_config(cfg.adapters)
     meta = adapters.read_weights(cfg.adapters)
+    learner = adapters.learner_of(cfg.adapters)
     loaded = {n: tasks.load(n) for n in cfg.tasks}
     for t in loaded.values():
         evaluate.examples_of(t, cfg.split, cfg.limit)
@@ -70,9 +66,7 @@ def run(cfg: CompareConfig) -> dict:
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    inner = InnerLoop(base.model, InnerConfig(cfg.steps, cfg.lr, grad_clip=cfg.grad_clip, micro_batch=cfg.micro_batch,
-                                             grad_checkpoint=cfg.grad_checkpoint),
-                      episodes.buckets(cfg.max_length))
+    inner = InnerLoop(base.model, cfg.inner(), episodes.buckets(cfg.max_length))
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]
              for n, t in loaded.items()}
@@ -82,6 +76,8 @@ def run(cfg: CompareConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not cfg.quiet:
+        print(f"start: {adapters.origin(cfg.adapters)}")
     cells = list(_cells(cfg))
     progress = Progress(len(cells), quiet=cfg.quiet)
     rows = []
@@ -106,17 +102,17 @@ def run(cfg: CompareConfig) -> dict:
         (out / "predictions").mkdir(exist_ok=True)
         (out / "predictions" / f"{name}-{system}-{k}shot.jsonl").write_text(
             "".join(json.dumps({"prediction": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
-        progress.update(i + 1, f"{name} {LABELS[system]} {k}-shot: ROUGE-L {row['rougeL']['mid']:.2f}")
+        progress.update(i + 1, f"{name} {label(system, learner)} {k}-shot: ROUGE-L {row['rougeL']['mid']:.2f}")
     progress.close()
     if "lora" in cfg.systems and "in-context" in cfg.systems:
         rows += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
                  for r in rows if r["system"] == "lora" and r["shots"] == 0]
-    result = {"config": {**cfg.__dict__}, "rows": rows}
+    result = {"config": options.to_dict(cfg), "start_learner": learner, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    table = markdown_table(rows, cfg)
+    table = markdown_table(rows, cfg, learner)
     (out / "table.md").write_text(table)
     for name in cfg.tasks:
-        chart(rows, name, cfg, out / f"{name}.png")
+        chart(rows, name, cfg, out / f"{name}.png", learner)
     if not cfg.quiet:
         print(table)
         print(f"results: {out}/results.json, {out}/table.md, charts {out}/<task>.png")
@@ -127,10 +123,10 @@ def _cell(rows, task, system, k):
     return next((r for r in rows if (r["task"], r["system"], r["shots"]) == (task, system, k)), None)
 
 
-def markdown_table(rows: list[dict], cfg: CompareConfig) -> str:
+def markdown_table(rows: list[dict], cfg: CompareConfig, learner: str | None = "reptile") -> str:
     systems = [s for s in SYSTEMS if s in cfg.systems]
     metrics = (("rougeL", "R-L"), ("rouge1", "R-1"), ("rouge2", "R-2"))
-    head = "| task | shots | " + " | ".join(f"{LABELS[s]} {m}" for _, m in metrics for s in systems) + " |"
+    head = "| task | shots | " + " | ".join(f"{label(s, learner)} {m}" for _, m in metrics for s in systems) + " |"
     lines = [head, "|" + " --- |" * (2 + len(metrics) * len(systems))]
     for name in cfg.tasks:
         for k in cfg.shots:
@@ -146,7 +142,7 @@ def markdown_table(rows: list[dict], cfg: CompareConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path) -> None:
+def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, learner: str | None = "reptile") -> None:
     """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = ReptiLoRA, solid = LoRA."""
     import matplotlib
 
@@ -167,7 +163,7 @@ def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path) -> None:
                 ys.append(r["rougeL"]["mid"])
                 errs[0].append(r["rougeL"]["mid"] - r["rougeL"]["low"])
                 errs[1].append(r["rougeL"]["high"] - r["rougeL"]["mid"])
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=LABELS[s], **style[s])
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=label(s, learner), **style[s])
     ax.set_xticks(range(len(cfg.shots)), [f"{k}-shot" for k in cfg.shots])
     ax.set_ylabel("ROUGE-L F (x100)")
     ax.set_title(task)

@@ -11,31 +11,40 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import options
 from ..data import episodes, prompts, tasks
 from ..model import adapters, models
+from ..options import option
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 
 
+SPLITS = ("test", "valid", "train")
+
+
 @dataclass
-class EvalConfig:
-    task: str = "aclsum-title"
-    adapters: str | None = None  # None = the base model
-    model: str | None = None
-    split: str = "test"
-    limit: int | None = None  # the first N examples
-    batch_size: int = 16
-    max_new_tokens: int | None = None  # None = derived from the task's training summaries
-    max_length: int = 512
-    in_context: int = 0  # k training examples in the prompt (the in-context baseline)
-    shots: int = 0  # recorded: how many shots the adapters were tuned on
-    seed: int = 0  # recorded; and which in-context shots are drawn
-    bootstrap_seed: int = 0
-    dtype: str | None = None
-    quantize: int | None = None
-    json: str | None = None
-    predictions: str | None = None  # default: next to --json
-    quiet: bool = False
+class EvalOptions:
+    """What is generated and scored (evaluate, and every cell of compare)."""
+
+    split: str = option("test", "which split is scored", choices=SPLITS)
+    limit: int | None = option(None, "score only the first N examples of the split", min=1, default_text="all")
+    batch_size: int = option(16, "sequences generated together", min=1)
+    max_length: int = option(512, "max tokens per example or prompt; documents are truncated", min=16)
+
+
+@dataclass
+class EvalConfig(models.ModelOptions, EvalOptions):
+    task: str | None = option(None, "task name or folder", required=True)
+    adapters: str | None = option(None, "adapters folder", default_text="none: the base model")
+    max_new_tokens: int | None = option(None, "most tokens generated per summary", min=1,
+                                        default_text="1.5 x the 95th percentile training summary")
+    in_context: int = option(0, "k training examples in the prompt (the in-context baseline)", min=0)
+    shots: int = option(0, "recorded in the JSON: shots the adapters were tuned on", min=0)
+    seed: int = option(0, "picks the in-context shots; recorded", min=0)
+    bootstrap_seed: int = option(0, "seed of the bootstrap resampling of the intervals", min=0)
+    json: str | None = option(None, "write the scores here (and the predictions next to it)")
+    predictions: str | None = option(None, "write the predictions here", default_text="next to --json")
+    quiet: bool = option(False, "no progress output", short="-q")
 
 
 def max_new_tokens(task: tasks.Task, tokenizer) -> int:
@@ -100,6 +109,7 @@ def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:
 
 
 def run(cfg: EvalConfig) -> dict:
+    options.check(cfg)
     task = tasks.load(cfg.task)
     examples_of(task, cfg.split, cfg.limit)  # a missing split fails before the model loads
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)

@@ -1,5 +1,6 @@
-"""Atomic checkpoints of the outer loop: θ, the episode counter, the sampler's RNG, and (when it is
-carried across tasks) the inner optimizer's state.
+"""Atomic checkpoints of the outer loop: θ, the episode counter, the sampler's RNG, and whatever the
+learner or the inner loop carries across episodes (an outer Adam's moments, a carried inner
+optimizer), as named groups of arrays.
 
 Each checkpoint is written into a temporary folder, renamed into place, and only then named in the
 `latest` file (itself replaced atomically): a kill at any moment leaves the previous one intact.
@@ -14,21 +15,20 @@ import tempfile
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
 
 LATEST = "latest"
+STATE = "state.safetensors"
+INFO = "state.json"
 
 
-def save(folder: Path, episode: int, theta: dict, sampler_state: dict, optimizer_state: dict | None,
-         extra: dict, keep: int = 2) -> Path:
+def save(folder: Path, episode: int, groups: dict[str, dict[str, mx.array]], info: dict, keep: int = 2) -> Path:
+    """`groups`: {"theta": {name: array}, ...}; arrays are stored as "group/name"."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"episode-{episode:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
-    arrays = {f"theta.{k}": v for k, v in theta.items()}
-    if optimizer_state is not None:
-        arrays.update({f"opt.{k}": v for k, v in tree_flatten(optimizer_state)})
-    mx.save_safetensors(str(tmp / "state.safetensors"), arrays)
-    (tmp / "state.json").write_text(json.dumps({"episode": episode, "sampler": sampler_state, **extra}))
+    arrays = {f"{g}/{k}": v for g, tree in groups.items() for k, v in tree.items()}
+    mx.save_safetensors(str(tmp / STATE), arrays)
+    (tmp / INFO).write_text(json.dumps({"episode": episode, **info}))
     final = folder / name
     if final.exists():
         shutil.rmtree(final)
@@ -54,13 +54,15 @@ def latest(folder: Path) -> Path | None:
     if not pointer.exists():
         return None
     path = folder / pointer.read_text().strip()
-    return path if (path / "state.json").exists() else None
+    return path if (path / INFO).exists() else None
 
 
-def load(path: Path) -> tuple[dict, dict, dict | None]:
-    """(info from state.json, θ, optimizer state or None)."""
-    info = json.loads((path / "state.json").read_text())
-    arrays = mx.load(str(path / "state.safetensors"))
-    theta = {k[len("theta."):]: v for k, v in arrays.items() if k.startswith("theta.")}
-    opt = [(k[len("opt."):], v) for k, v in arrays.items() if k.startswith("opt.")]
-    return info, theta, (tree_unflatten(opt) if opt else None)
+def load(path: Path) -> tuple[dict, dict[str, dict[str, mx.array]]]:
+    """(info from state.json, {group: {name: array}})."""
+    info = json.loads((path / INFO).read_text())
+    groups: dict[str, dict[str, mx.array]] = {}
+    for key, v in mx.load(str(path / STATE)).items():
+        # "group/name"; checkpoints before learners existed wrote "theta.name" and "opt.name"
+        group, _, name = key.partition("/") if "/" in key else key.partition(".")
+        groups.setdefault({"opt": "inner_optimizer"}.get(group, group), {})[name] = v
+    return info, groups

@@ -2,9 +2,12 @@
 from whatever adapters the model holds. Only the LoRA tensors are read or written; the base weights
 are never copied.
 
-Two functions are compiled once and reused for every step, episode and task: the gradient of one
-micro-batch, and the optimizer update. They take the model, optimizer and RNG state explicitly
-(mx.compile inputs/outputs), so the only retraces come from new bucket shapes.
+Computing a gradient and applying an update are separate, so a learner can take the gradient of a
+query set without stepping (FOMAML), or run its own differentiable steps (MAML). Each piece is
+compiled once and reused for every step, episode and task: the gradient of one micro-batch, the
+optimizer update, the evaluation loss and (for second-order learners) the Hessian-vector product.
+They take the model, optimizer and RNG state explicitly (mx.compile inputs/outputs), so the only
+retraces come from new bucket shapes.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from ..data import episodes
 from ..errors import UserError
 from ..model import adapters
+from ..options import option
 from .losses import batch_arrays, summed_loss
 
 OPTIMIZERS = ("adamw", "adam0", "sgd")
@@ -40,8 +44,21 @@ class InnerConfig:
     grad_checkpoint: bool = False  # recompute each layer's activations in backward: less memory, ~30% slower
 
 
+@dataclass
+class StepOptions:
+    """How each inner step is computed, in meta-training and in adaptation alike."""
+
+    weight_decay: float = option(0.01, "AdamW weight decay (PyTorch's default, as the paper used)", min=0)
+    grad_clip: float = option(0.5, "gradient-norm clip per inner step; 0 = off", min=0)
+    micro_batch: int = option(4, "examples per forward pass; gradients accumulate to the whole batch", min=1)
+    grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass: less memory, "
+                                          "~30% slower")
+
+
 class NonFiniteLoss(Exception):
-    pass
+    def __init__(self, value: float, where: str = "inner loss"):
+        super().__init__(f"non-finite {where} ({value})")
+        self.where = where
 
 
 def make_optimizer(cfg: InnerConfig) -> optim.Optimizer:
@@ -122,19 +139,20 @@ class InnerLoop:
             model.eval()  # the traced graph has no dropout
             return summed_loss(model, *arrays)
 
+        self._train_loss = train_loss
         loss_and_grad = nn.value_and_grad(model, train_loss)
         # value_and_grad swaps the adapters for traced arrays inside the model: listing model.state
         # as an output writes the real ones back after each call.
         self._grad = mx.compile(loss_and_grad, inputs=[model.state, mx.random.state],
                                 outputs=[model.state, mx.random.state])
         self._eval = mx.compile(eval_loss, inputs=[model.state])
+        self._hvp = None  # compiled on first use: only second-order learners need it
 
         state = [model.state, self.optimizer.state]
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def update(grads, scale):
+        def update(grads):
             self.traces += 1
-            grads = tree_map(lambda g: g * scale, grads)
             if cfg.grad_clip > 0:
                 grads, _ = optim.clip_grad_norm(grads, cfg.grad_clip)
             self.optimizer.update(model, grads)
@@ -149,12 +167,18 @@ class InnerLoop:
     def optimizer_state(self) -> dict:
         return self.optimizer.state
 
-    # -- work -------------------------------------------------------------------------------
+    def weights(self) -> dict:
+        return adapters.get_weights(self.model)
+
+    def set_weights(self, weights: dict) -> None:
+        adapters.set_weights(self.model, weights)
+
+    # -- gradients --------------------------------------------------------------------------
     def batches(self, examples) -> list[episodes.Batch]:
         return episodes.micro_batches(examples, self.cfg.micro_batch, self.bucket_lengths)
 
-    def step(self, batches: list[episodes.Batch]) -> float:
-        """One optimizer step on the mean token loss over all `batches`; returns that loss."""
+    def _accumulate(self, batches: list[episodes.Batch], where: str = "inner loss") -> tuple[float, dict, int]:
+        """Summed token loss, summed gradient (nested, as the model holds it) and token count."""
         total, grads, n = 0.0, None, 0
         for b in batches:
             loss, g = self._grad(*batch_arrays(b))
@@ -163,10 +187,68 @@ class InnerLoop:
             total += loss.item()
             n += b.n_targets
         if not math.isfinite(total):
-            raise NonFiniteLoss(total)
-        self._update(grads, mx.array(1.0 / n, dtype=mx.float32))
+            raise NonFiniteLoss(total, where)
+        return total, grads, n
+
+    def gradient(self, examples_or_batches, where: str = "inner loss") -> tuple[float, dict]:
+        """Mean token loss and its gradient {name: array} at the current adapters (dropout on, as in
+        training); the adapters do not move. `where` names the loss if it is not finite."""
+        batches = self._as_batches(examples_or_batches)
+        total, grads, n = self._accumulate(batches, where)
+        grads = {k: v * (1.0 / n) for k, v in tree_flatten(grads)}
+        mx.eval(grads)
+        return total / n, grads
+
+    def hvp(self, examples_or_batches, vector: dict) -> dict:
+        """Hessian of the mean token loss at the current adapters times `vector`: reverse mode over
+        the gradient, one micro-batch at a time (the Hessian of a sum is the sum of Hessians). The
+        RNG must stand where it stood for the matching gradient() call, so dropout draws its masks."""
+        if self._hvp is None:
+            self._hvp = self._compile_hvp()
+        batches = self._as_batches(examples_or_batches)
+        v = tree_unflatten(list(vector.items()))
+        params = self.model.trainable_parameters()
+        out, n = None, 0
+        for b in batches:
+            hv = self._hvp(params, v, *batch_arrays(b))
+            out = hv if out is None else tree_map(mx.add, out, hv)
+            mx.eval(out)
+            n += b.n_targets
+        self.model.update(params)
+        return {k: x * (1.0 / n) for k, x in tree_flatten(out)}
+
+    def _compile_hvp(self):
+        model, train_loss = self.model, self._train_loss
+
+        def loss_at(params, *arrays):
+            model.update(params)
+            return train_loss(*arrays)
+
+        grad_at = mx.grad(loss_at)
+
+        def hvp(params, v, *arrays):
+            def directional(p):  # <∇L(p), v>: its gradient is H v
+                g = grad_at(p, *arrays)
+                return sum((a * b).sum() for (_, a), (_, b) in zip(tree_flatten(g), tree_flatten(v)))
+            return mx.grad(directional)(params)
+
+        return mx.compile(hvp, inputs=[model.state, mx.random.state], outputs=[model.state, mx.random.state])
+
+    def _as_batches(self, examples_or_batches) -> list[episodes.Batch]:
+        items = list(examples_or_batches)
+        return items if items and isinstance(items[0], episodes.Batch) else self.batches(items)
+
+    # -- steps ------------------------------------------------------------------------------
+    def apply(self, grads: dict) -> None:
+        """One optimizer step (clipped as configured) with a mean gradient {name: array}."""
+        self._update(tree_unflatten(list(grads.items())))
         mx.eval(self.model.trainable_parameters(), self.optimizer.state)
-        return total / n
+
+    def step(self, batches: list[episodes.Batch]) -> float:
+        """One optimizer step on the mean token loss over all `batches`; returns that loss."""
+        loss, grads = self.gradient(batches)
+        self.apply(grads)
+        return loss
 
     def adapt(self, support, steps: int | None = None, rng: np.random.Generator | None = None) -> list[float]:
         """`steps` optimizer steps on `support` from the current adapters; the per-step losses."""
@@ -182,6 +264,14 @@ class InnerLoop:
                 losses.append(self.step(whole))
         return losses
 
+    def adapt_from(self, theta: dict, support, reset_optimizer: bool = True, rng=None) -> tuple[dict, list[float]]:
+        """φ = T steps from θ on `support` (a fresh optimizer unless told otherwise): (φ, losses)."""
+        self.set_weights(theta)
+        if reset_optimizer:
+            self.reset_optimizer()
+        losses = self.adapt(support, rng=rng)
+        return self.weights(), losses
+
     def loss(self, examples) -> float:
         """Mean token loss on `examples` (dropout off), without touching the adapters."""
         total, n = 0.0, 0
@@ -190,9 +280,3 @@ class InnerLoop:
             total += loss.item()
             n += b.n_targets
         return total / n
-
-    def weights(self) -> dict:
-        return adapters.get_weights(self.model)
-
-    def set_weights(self, weights: dict) -> None:
-        adapters.set_weights(self.model, weights)

@@ -1,21 +1,30 @@
 """Reptile (Nichol et al., 2018) on LoRA adapters, as in ReptiLoRA (Kim et al., 2025).
 
-For each of n tasks: θ'_j = T inner steps from θ on its support set; then θ ← θ + α (mean_j θ'_j − θ).
+For each of n tasks: φ_j = T inner steps from θ on its support set; then θ ← θ + α (mean_j φ_j − θ).
+The query sets are not used for training (only for monitoring).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mlx.utils import tree_map
 
-from .inner_loop import InnerLoop
+from ..options import option
+from .learner import Learner, TaskResult
+
+
+@dataclass
+class ReptileOptions:
+    meta_lr: float = option(0.1, "reptile: step size α of θ ← θ + α(φ − θ)", gt=0, max=1)
+    meta_lr_final: float | None = option(None, "reptile: anneal α linearly to this over the run", min=0, max=1,
+                                         default_text="constant")
+    reset_optimizer: bool = option(True, "a fresh inner optimizer per task (the paper) or carried across tasks "
+                                         "(the original Reptile)", flag="--reset-optimizer/--carry-optimizer")
 
 
 def interpolate(theta: dict, adapted: dict, lr: float) -> dict:
     return tree_map(lambda t, a: t + lr * (a - t), theta, adapted)
-
-
-def average(trees: list[dict]) -> dict:
-    return tree_map(lambda *xs: sum(xs) / len(xs), *trees)
 
 
 def meta_lr(episode: int, episodes: int, start: float, final: float | None) -> float:
@@ -25,14 +34,21 @@ def meta_lr(episode: int, episodes: int, start: float, final: float | None) -> f
     return start + (final - start) * episode / (episodes - 1)
 
 
-def outer_step(inner: InnerLoop, theta: dict, supports: list, lr: float, reset_optimizer: bool = True,
-               rng=None):
-    """One Reptile meta-step over a meta-batch of support sets; returns (new θ, adapted θ's, losses)."""
-    adapted, losses = [], []
-    for support in supports:
-        inner.set_weights(theta)
-        if reset_optimizer:
-            inner.reset_optimizer()
-        losses.append(inner.adapt(support, rng=rng))
-        adapted.append(inner.weights())
-    return interpolate(theta, average(adapted), lr), adapted, losses
+class Reptile(Learner):
+    name = "reptile"
+
+    def task(self, theta, episode, inner, rng=None) -> TaskResult:
+        phi, losses = inner.adapt_from(theta, episode.support, self.cfg.reset_optimizer, rng)
+        return TaskResult(phi, phi, {"inner_losses": losses})
+
+    def update(self, theta, mean_phi, t):
+        return interpolate(theta, mean_phi, self.alpha(t))
+
+    def alpha(self, t: int) -> float:
+        return meta_lr(t, self.episodes, self.cfg.meta_lr, self.cfg.meta_lr_final)
+
+    def outer_metrics(self, t: int) -> dict:
+        return {"meta_lr": self.alpha(t)}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "meta_lr": self.cfg.meta_lr, "meta_lr_final": self.cfg.meta_lr_final}

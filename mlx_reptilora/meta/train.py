@@ -1,5 +1,9 @@
-"""`mlx-reptilora meta-train`: learn the LoRA start by Reptile over many tasks (the outer loop,
-checkpoints, metrics). The update itself is in reptile.py; the inner steps in inner_loop.py."""
+"""`mlx-reptilora meta-train`: learn the LoRA start over many tasks with the chosen learner.
+
+The outer loop is one short function, `run`: draw a meta-batch, let the learner step, log, and
+checkpoint. Setting up (`prepare`), metrics (`Metrics`) and checkpoints (`save` / `restore`) each
+live in their own function; the learners' rules live in reptile.py, fomaml.py and maml.py.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,28 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map_with_path
 
-from .. import options as config
+from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
 from ..model import adapters, backend, models
+from ..options import option
 from ..progress import Progress
-from . import checkpoint, reptile
-from .inner_loop import InnerConfig, InnerLoop, NonFiniteLoss
+from . import checkpoint
+from .fomaml import FOMAML
+from .inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, NonFiniteLoss, StepOptions
+from .learner import Learner, OuterOptions
+from .maml import MAML, MamlOptions
+from .reptile import Reptile, ReptileOptions
+
+LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "fomaml": FOMAML, "maml": MAML}
 
 # What may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_checkpoints", "eval_every",
@@ -30,61 +41,67 @@ RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_ch
 
 
 @dataclass
-class MetaTrainConfig:
-    model: str | None = None
-    tasks: list[str] = field(default_factory=lambda: list(tasks.OFFLINE_TASKS))
-    task_weights: list[float] | None = None  # None = uniform
-    episodes: int = 500
-    support: int = 32  # k
-    query: int = 128  # M: monitoring only, capped per task at what its split leaves after k
-    inner_steps: int = 7  # T
-    inner_lr: float = 5e-4
-    inner_optimizer: str = "adamw"
-    inner_batch: int | None = None  # None = the whole support set every inner step
-    micro_batch: int = 4
-    grad_checkpoint: bool = False  # trade ~30% speed for activation memory (7B bases)
-    weight_decay: float = 0.01
-    grad_clip: float = 0.5
-    meta_lr: float = 0.1  # α
-    meta_lr_final: float | None = None  # linear annealing of α to this; None = constant
-    meta_batch: int = 1  # n tasks adapted from the same θ per meta-step
-    reset_optimizer: bool = True  # a fresh inner optimizer per task (the paper) or carried across
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.1
-    lora_keys: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
-    lora_layers: int = -1
-    max_length: int = 512
-    train_cap: int = 1000
-    dtype: str | None = None
-    quantize: int | None = None
-    seed: int = 0
-    eval_every: int = 10  # query loss before/after adaptation every N episodes; 0 = never
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    max_nonfinite: int = 3  # stop after this many non-finite episodes in a row
-    out: str = "runs/meta"
-    resume: bool = False
-    quiet: bool = False
+class EpisodeOptions:
+    learner: str = option("reptile", "the meta-learner: reptile (the paper), fomaml (first-order MAML, "
+                                     "MeTA-LoRA's rule) or maml (second order: memory and time grow with "
+                                     "--inner-steps, see the README)", choices=tuple(LEARNERS))
+    tasks: list[str] = option(list(tasks.OFFLINE_TASKS), "comma-separated task names or folders")
+    task_weights: list[float] | None = option(None, "comma-separated sampling weights, one per task", min=0,
+                                              default_text="uniform")
+    episodes: int = option(500, "meta-training episodes (meta-steps)", min=1)
+    meta_batch: int = option(1, "tasks adapted from the same θ per episode", min=1)
+    support: int = option(32, "support examples per task, k", min=1)
+    query: int = option(128, "query examples per task, M: the loss after adaptation that fomaml and maml "
+                             "train on; reptile only monitors it. Capped per task at what its split leaves", min=0)
+    inner_steps: int = option(7, "inner steps per task, T", min=1)
+    inner_lr: float | None = option(None, "inner learning rate", gt=0,
+                                    default_text="5e-4 for adamw/adam0, 0.1 for sgd")
+    inner_optimizer: str | None = option(None, "adamw | adam0 (Adam with beta1 = 0, as in Reptile) | sgd",
+                                         choices=OPTIMIZERS, default_text="adamw; sgd for maml")
+    inner_batch: int | None = option(None, "examples per inner step", min=1, default_text="the whole support set")
 
-    def lora(self) -> adapters.LoraConfig:
-        return adapters.LoraConfig(self.rank, self.alpha, self.dropout, list(self.lora_keys), self.lora_layers)
+
+@dataclass
+class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, OuterOptions, ReptileOptions,
+                      StepOptions, EpisodeOptions):
+    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16)
+    train_cap: int = option(1000, "use at most this many training examples per task", min=1)
+    seed: int = option(0, "seed of the episodes, dropout and the standard start", min=0)
+    eval_every: int = option(10, "monitor the query loss before/after adaptation every N episodes; 0 = never",
+                             min=0)
+    checkpoint_every: int = option(50, "checkpoint every N episodes", min=1)
+    keep_checkpoints: int = option(2, "checkpoints kept on disk", min=1)
+    max_nonfinite: int = option(3, "stop after this many episodes in a row with a non-finite loss", min=1)
+    out: str = option("runs/meta", "output folder")
+    resume: bool = option(False, "continue the run in --out after a crash, kill or Ctrl-C")
+    quiet: bool = option(False, "no progress output", short="-q")
+
+    def __post_init__(self):
+        # The inner optimizer and its learning rate default per learner: MAML needs plain SGD.
+        if self.inner_optimizer is None:
+            self.inner_optimizer = "sgd" if self.learner == "maml" else "adamw"
+        if self.inner_lr is None:
+            self.inner_lr = 0.1 if self.inner_optimizer == "sgd" else 5e-4
 
     def inner(self) -> InnerConfig:
-        return InnerConfig(self.inner_steps, self.inner_lr, self.inner_optimizer, self.weight_decay,
-                           self.grad_clip, self.micro_batch, self.inner_batch, self.grad_checkpoint)
+        return InnerConfig(self.inner_steps, self.inner_lr, self.inner_optimizer, self.weight_decay, self.grad_clip,
+                           self.micro_batch, self.inner_batch, self.grad_checkpoint)
 
     def validate(self) -> None:
-        positive = {"episodes": self.episodes, "support": self.support, "inner_steps": self.inner_steps,
-                    "meta_batch": self.meta_batch, "micro_batch": self.micro_batch,
-                    "checkpoint_every": self.checkpoint_every, "max_length": self.max_length}
-        for name, v in positive.items():
-            if v < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
-        if not 0 < self.meta_lr <= 1:
-            raise UserError(f"--meta-lr must be in (0, 1] (got {self.meta_lr})")
-        if self.inner_lr <= 0:
-            raise UserError(f"--inner-lr must be > 0 (got {self.inner_lr})")
+        options.check(self)
+        if self.learner == "maml" and self.inner_optimizer != "sgd":
+            raise UserError("--learner maml differentiates through plain SGD inner steps: leave --inner-optimizer "
+                            "unset or pass sgd")
+        if self.learner != "reptile" and self.query < 1:
+            raise UserError(f"--learner {self.learner} trains on the query loss after adaptation: --query must be >= 1")
+        if self.learner != "reptile" and not self.reset_optimizer:
+            raise UserError("--carry-optimizer is Reptile's option; fomaml and maml adapt each task from θ afresh")
+        if self.task_weights is not None and sum(self.task_weights) <= 0:
+            raise UserError("--task-weights must not all be 0")
+
+
+def make_learner(cfg: MetaTrainConfig) -> Learner:
+    return LEARNERS[cfg.learner](cfg, cfg.episodes)
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -102,39 +119,19 @@ def versions() -> dict:
     return out
 
 
-def _check_resume(out: Path, cfg: MetaTrainConfig) -> dict | None:
-    meta_path = out / "meta.json"
-    if not meta_path.exists():
-        if cfg.resume:
-            raise UserError(f"--resume: {out} has no run to resume (no meta.json)")
-        return None
-    if not cfg.resume:
-        raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    old = json.loads(meta_path.read_text())["config"]
-    now = config.to_dict(cfg)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and old.get(k) != now[k])
-    if changed:
-        raise UserError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
-    return old
+# -- setup ------------------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    base: models.Base
+    lora: adapters.LoraConfig
+    prepared: list[episodes.TokenizedTask]
+    sampler: episodes.EpisodeSampler
+    inner: InnerLoop
+    learner: Learner
 
 
-def _rewrite_metrics(path: Path, before_episode: int) -> None:
-    """Drop metrics of episodes after the checkpoint: the resumed run will log them again."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["episode"] < before_episode]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
-
-
-def run(cfg: MetaTrainConfig) -> Path:
-    cfg.validate()
-    out = Path(cfg.out)
-    resuming = _check_resume(out, cfg) is not None
-    ckpt_dir = out / "checkpoints"
-    progress = Progress(cfg.episodes, quiet=cfg.quiet)
-
+def prepare(cfg: MetaTrainConfig, progress: Progress) -> Setup:
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     lora = cfg.lora()
     adapters.attach(base.model, lora, seed=cfg.seed)
@@ -147,97 +144,174 @@ def run(cfg: MetaTrainConfig) -> Path:
     sampler = episodes.EpisodeSampler(prepared, cfg.support, cfg.query, cfg.task_weights, cfg.seed)
     for name, q in sampler.query_caps.items():
         progress.log(f"task {name}: query capped at {q} (its training split minus --support {cfg.support})")
+        if q == 0 and cfg.learner != "reptile":
+            raise UserError(f"task {name} has no examples left for a query set after --support {cfg.support}; "
+                            f"--learner {cfg.learner} needs one")
     inner = InnerLoop(base.model, cfg.inner(), episodes.buckets(cfg.max_length))
-    theta = inner.weights()
+    return Setup(base, lora, prepared, sampler, inner, make_learner(cfg))
 
-    start, nonfinite = 0, 0
+
+# -- the run folder: settings, metrics, checkpoints --------------------------------------------
+
+def _check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
+    meta_path = out / "meta.json"
+    if not meta_path.exists():
+        if cfg.resume:
+            raise UserError(f"--resume: {out} has no run to resume (no meta.json)")
+        return False
+    if not cfg.resume:
+        raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    old = json.loads(meta_path.read_text())["config"]
+    old.setdefault("learner", "reptile")  # runs from before learners existed
+    now = options.to_dict(cfg)
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k in old and old[k] != now[k])
+    if changed:
+        raise UserError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
+    return True
+
+
+def write_meta(out: Path, cfg: MetaTrainConfig, s: Setup) -> None:
+    meta = {"config": options.to_dict(cfg), "learner": s.learner.describe(), "inner": s.inner.cfg.__dict__,
+            "base_model": models.describe(s.base), "backend": backend.describe(),
+            "tasks": {p.name: {"train": len(p.splits["train"]), "truncated": p.truncated, "dropped": p.dropped}
+                      for p in s.prepared},
+            "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+class Metrics:
+    """metrics.jsonl, one line per episode, flushed as written; on resume, lines of episodes after
+    the checkpoint are dropped (they will be logged again)."""
+
+    def __init__(self, path: Path, start: int):
+        if path.exists():
+            keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["episode"] < start]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(path)
+        self.file = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def snapshot(episode: int, theta: dict, s: Setup, nonfinite: int) -> dict:
+    """Everything the loop needs to redo episodes from `episode` on, bit-identically."""
+    groups = {"theta": theta, "learner": s.learner.state()}
+    if not s.learner.cfg.reset_optimizer:
+        groups["inner_optimizer"] = dict(tree_flatten(s.inner.optimizer_state()))
+    return {"episode": episode, "groups": {g: dict(t) for g, t in groups.items()},
+            "info": {"sampler": s.sampler.state(), "nonfinite": nonfinite}}
+
+
+def save(ckpt_dir: Path, snap: dict, keep: int) -> None:
+    checkpoint.save(ckpt_dir, snap["episode"], snap["groups"], snap["info"], keep=keep)
+
+
+def restore(path: Path, s: Setup) -> tuple[int, dict, int]:
+    """(next episode, θ, non-finite count) from a checkpoint; the sampler and learner state are set."""
+    info, groups = checkpoint.load(path)
+    s.sampler.restore(info["sampler"])
+    s.learner.load_state(groups.get("learner", {}))
+    if "inner_optimizer" in groups:
+        # onto the optimizer's own tree, so the compiled update sees the structure it was traced with
+        flat = groups["inner_optimizer"]
+        state = tree_map_with_path(lambda path, x: flat.get(path, x), s.inner.optimizer_state())
+        s.inner.optimizer_state().update(state)
+    return info["episode"], groups["theta"], info["nonfinite"]
+
+
+# -- the outer loop ---------------------------------------------------------------------------
+
+def run(cfg: MetaTrainConfig) -> Path:
+    cfg.validate()
+    out = Path(cfg.out)
+    resuming = _check_resume(out, cfg)
+    ckpt_dir = out / "checkpoints"
+    progress = Progress(cfg.episodes, quiet=cfg.quiet)
+    s = prepare(cfg, progress)
+    theta, start, nonfinite = s.inner.weights(), 0, 0
     last = checkpoint.latest(ckpt_dir) if resuming else None
     if last is not None:
-        info, theta, opt_state = checkpoint.load(last)
-        sampler.restore(info["sampler"])
-        start, nonfinite = info["episode"], info["nonfinite"]
-        if opt_state is not None:
-            inner.optimizer.state.update(opt_state)
+        start, theta, nonfinite = restore(last, s)
         progress.log(f"resuming {out} after episode {start}")
     out.mkdir(parents=True, exist_ok=True)
-    _rewrite_metrics(out / "metrics.jsonl", start)
     if not resuming:
-        meta = {"config": config.to_dict(cfg), "base_model": models.describe(base), "backend": backend.describe(),
-                "tasks": {p.name: {"train": len(p.splits["train"]), "truncated": p.truncated, "dropped": p.dropped}
-                          for p in prepared},
-                "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (out / "meta.json").write_text(json.dumps(meta, indent=2))
-
-    def snapshot(done: int) -> dict:
-        """Everything the outer loop needs to redo episodes from `done` on, bit-identically."""
-        return {"episode": done, "theta": theta, "sampler": sampler.state(), "nonfinite": nonfinite,
-                "optimizer": None if cfg.reset_optimizer else tree_map(lambda x: x, inner.optimizer_state())}
-
-    def save_checkpoint(snap: dict):
-        checkpoint.save(ckpt_dir, snap["episode"], snap["theta"], snap["sampler"], snap["optimizer"],
-                        {"nonfinite": snap["nonfinite"]}, keep=cfg.keep_checkpoints)
-
+        write_meta(out, cfg, s)
+    metrics = Metrics(out / "metrics.jsonl", start)
     progress.start = start
-    metrics = open(out / "metrics.jsonl", "a")
-    at_start = snapshot(start)
+    at_start = snapshot(start, theta, s, nonfinite)
     try:
         for episode in range(start, cfg.episodes):
-            at_start = snapshot(episode)
-            mx.random.seed(episode_seed(cfg.seed, episode))
-            mx.reset_peak_memory()
-            t0 = time.perf_counter()
-            batch = [sampler.sample() for _ in range(cfg.meta_batch)]
-            lr = reptile.meta_lr(episode, cfg.episodes, cfg.meta_lr, cfg.meta_lr_final)
-            record = {"episode": episode, "tasks": [e.task for e in batch], "meta_lr": lr}
-            monitor = cfg.eval_every and batch[0].query and (episode % cfg.eval_every == 0 or episode == cfg.episodes - 1)
-            if monitor:
-                inner.set_weights(theta)
-                record["query_loss_before"] = inner.loss(batch[0].query)
-            try:
-                new_theta, adapted, losses = reptile.outer_step(
-                    inner, theta, [e.support for e in batch], lr, cfg.reset_optimizer,
-                    rng=np.random.default_rng([cfg.seed, episode]))
-            except NonFiniteLoss:
+            at_start = snapshot(episode, theta, s, nonfinite)
+            record, new_theta = run_episode(cfg, s, theta, episode)
+            if new_theta is None:
                 nonfinite += 1
-                record.update(skipped="non-finite inner loss", nonfinite_in_a_row=nonfinite)
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
+                record.update(nonfinite_in_a_row=nonfinite)
+                metrics.write(record)
                 progress.log(f"episode {episode}: non-finite loss on {record['tasks']}, update dropped")
                 if nonfinite >= cfg.max_nonfinite:
-                    save_checkpoint(snapshot(episode + 1))
+                    save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints)
                     raise UserError(f"{nonfinite} episodes in a row had a non-finite loss (last: episode {episode}); "
-                                    f"lower --inner-lr or check the data (θ is saved in {ckpt_dir})") from None
+                                    f"lower --inner-lr or check the data (θ is saved in {ckpt_dir})")
                 continue
-            nonfinite = 0
-            if monitor:
-                inner.set_weights(adapted[0])
-                record["query_loss_after"] = inner.loss(batch[0].query)
-            theta = new_theta
-            mx.eval(theta)
-            seconds = time.perf_counter() - t0
-            tokens = sum(int(sum(len(x.ids) for x in e.support)) for e in batch) * cfg.inner_steps
-            record.update(inner_losses=losses, tokens=tokens, seconds=round(seconds, 3),
-                          tokens_per_s=round(tokens / seconds, 1), peak_memory_gb=round(backend.peak_memory_gb(), 3))
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            q = (f", query {record['query_loss_before']:.3f}->{record['query_loss_after']:.3f}" if monitor else "")
-            progress.update(episode + 1, f"{record['tasks'][0]} loss {losses[0][0]:.3f}->{losses[0][-1]:.3f}{q}, "
-                                         f"{record['tokens_per_s']:.0f} tok/s")
+            theta, nonfinite = new_theta, 0
+            metrics.write(record)
+            progress.update(episode + 1, summary(record))
             if (episode + 1) % cfg.checkpoint_every == 0 and episode + 1 < cfg.episodes:
-                save_checkpoint(snapshot(episode + 1))
+                save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints)
     except KeyboardInterrupt:
-        save_checkpoint(at_start)  # the episode in flight is redone on --resume
+        save(ckpt_dir, at_start, cfg.keep_checkpoints)  # the episode in flight is redone on --resume
         progress.log(f"interrupted: checkpoint after episode {at_start['episode']} in {ckpt_dir}; "
                      f"continue with --resume")
         raise
     finally:
         metrics.close()
         progress.close()
-    save_checkpoint(snapshot(cfg.episodes))
-    inner.set_weights(theta)
-    adapters.save(base.model, lora, out, extra={"meta_learned": "reptile", "episodes": cfg.episodes,
-                                                "base_model": base.name, "seed": cfg.seed})
+    save(ckpt_dir, snapshot(cfg.episodes, theta, s, nonfinite), cfg.keep_checkpoints)
+    s.inner.set_weights(theta)
+    adapters.save(s.base.model, s.lora, out, extra={
+        "meta_learned": s.learner.name, "learner": s.learner.describe(), "episodes": cfg.episodes,
+        "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
+        "base_model": s.base.name, "seed": cfg.seed})
     if not math.isfinite(sum(float(mx.abs(v).sum()) for v in theta.values())):
         raise UserError("the meta-learned adapters are not finite")
-    progress.log(f"meta-learned adapters: {out}/{adapters.WEIGHTS}")
+    progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
+
+
+def run_episode(cfg: MetaTrainConfig, s: Setup, theta: dict, episode: int) -> tuple[dict, dict | None]:
+    """One meta-step: (its metrics record, the new θ or None when a loss was not finite)."""
+    mx.random.seed(episode_seed(cfg.seed, episode))
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    batch = [s.sampler.sample() for _ in range(cfg.meta_batch)]
+    record = {"episode": episode, "tasks": [e.task for e in batch], **s.learner.outer_metrics(episode)}
+    monitor = cfg.eval_every and batch[0].query and (episode % cfg.eval_every == 0 or episode == cfg.episodes - 1)
+    if monitor:
+        s.inner.set_weights(theta)
+        record["query_loss_before"] = s.inner.loss(batch[0].query)
+    try:
+        result = s.learner.step(theta, batch, s.inner, episode, rng=np.random.default_rng([cfg.seed, episode]))
+    except NonFiniteLoss as e:
+        return {**record, "skipped": f"non-finite {e.where}"}, None
+    if monitor:
+        s.inner.set_weights(result.adapted[0])
+        record["query_loss_after"] = s.inner.loss(batch[0].query)
+    mx.eval(result.theta)
+    seconds = time.perf_counter() - t0
+    tokens = sum(s.learner.tokens(e) for e in batch)
+    record.update(result.metrics, tokens=tokens, seconds=round(seconds, 3), tokens_per_s=round(tokens / seconds, 1),
+                  peak_memory_gb=round(backend.peak_memory_gb(), 3))
+    return record, result.theta
+
+
+def summary(record: dict) -> str:
+    losses = record["inner_losses"][0]
+    q = (f", query {record['query_loss_before']:.3f}->{record['query_loss_after']:.3f}"
+         if "query_loss_after" in record else "")
+    return f"{record['tasks'][0]} loss {losses[0]:.3f}->{losses[-1]:.3f}{q}, {record['tokens_per_s']:.0f} tok/s"

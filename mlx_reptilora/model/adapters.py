@@ -18,6 +18,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import UserError
+from ..options import option
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
@@ -39,6 +40,20 @@ class LoraConfig:
 
     def mlx_lm_parameters(self) -> dict:
         return {"rank": self.rank, "scale": self.scale, "dropout": self.dropout, "keys": list(self.keys)}
+
+
+@dataclass
+class LoraOptions:
+    """The LoRA a run creates (the paper's: q/v, r 16, alpha 32, dropout 0.1)."""
+
+    rank: int = option(16, "LoRA rank r", min=1)
+    alpha: float = option(32.0, "LoRA alpha; the update is scaled by alpha / rank", gt=0)
+    dropout: float = option(0.1, "dropout on the LoRA branch", min=0, lt=1)
+    lora_keys: list[str] = option(["self_attn.q_proj", "self_attn.v_proj"], "module paths inside each block that get LoRA")
+    lora_layers: int = option(-1, "LoRA on the last N layers; -1 = all", min=-1)
+
+    def lora(self) -> LoraConfig:
+        return LoraConfig(self.rank, self.alpha, self.dropout, list(self.lora_keys), self.lora_layers)
 
 
 def attach(model: nn.Module, cfg: LoraConfig, seed: int = 0) -> nn.Module:
@@ -133,6 +148,22 @@ def read_weights(path: str | Path) -> dict:
         return mx.load(str(Path(path) / WEIGHTS))
     except Exception as e:
         raise UserError(f"cannot read {Path(path) / WEIGHTS}: {(str(e).splitlines() or [''])[0]}") from None
+
+
+def learner_of(path: str | Path | None) -> str | None:
+    """The learner that made a start ("reptile", "fomaml", ...), None for other adapters."""
+    if not path:
+        return None
+    try:
+        return json.loads((Path(path) / CONFIG).read_text()).get("meta_learned")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def origin(path: str | Path) -> str:
+    """One line on where a start came from, for what adapt and compare print."""
+    learner = learner_of(path)
+    return f"{path} (meta-learned with {learner})" if learner else f"{path} (not meta-learned here)"
 
 
 def check_fit(model: nn.Module, weights: dict, source: str) -> None:

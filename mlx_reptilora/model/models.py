@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,25 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import UserError
+from ..options import option
 from ..paths import cache_dir
 from . import backend, gguf
 
 BUNDLED = "bundled"  # the name `--model` accepts for the default; None means the same
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
+
+
+@dataclass
+class ModelOptions:
+    """Which frozen base model, in which dtype, optionally quantized: shared by every command."""
+
+    model: str | None = option(None, "HF repo id, local model folder or .gguf file",
+                               default_text="the bundled SmolLM2-135M-Instruct")
+    dtype: str | None = option(None, "compute dtype", choices=tuple(backend.DTYPES),
+                               default_text="float32 on CPU, bfloat16 on a GPU")
+    quantize: int | None = option(None, "quantize the frozen base to N bits (QLoRA)", choices=QUANTIZE_BITS,
+                                  default_text="off")
 
 
 @dataclass
@@ -103,8 +116,8 @@ def load(name: str | None = None, dtype: str | None = None, quantize_bits: int |
     compute = backend.compute_dtype(dtype)
     model.set_dtype(compute)
     if quantize_bits:
-        if quantize_bits not in (2, 3, 4, 5, 6, 8):
-            raise UserError(f"--quantize {quantize_bits}: choose 2, 3, 4, 5, 6 or 8 bits")
+        if quantize_bits not in QUANTIZE_BITS:
+            raise UserError(f"--quantize {quantize_bits}: choose one of {', '.join(map(str, QUANTIZE_BITS))} bits")
         _quantize(model, quantize_bits)
     model.freeze()
     mx.eval(model.parameters())

@@ -1,0 +1,129 @@
+"""What a meta-learner is, and what the gradient-based ones share.
+
+A learner gets θ (the adapters, a flat {name: array} dict), a meta-batch of episodes (support and
+query examples) and the shared inner loop, and returns the new θ with its metrics:
+
+    theta, result = learner.step(theta, episodes, inner, t)
+
+A step is three parts, so each learner only writes its own rule: what one task contributes from θ
+(`task`), the mean over the meta-batch (`mean`: the one place a distributed run sums across
+processes), and the outer update (`update`). State a learner keeps across episodes (an outer
+optimizer's moments) is exposed as flat arrays for checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.optimizers as optim
+from mlx.utils import tree_map
+
+from ..options import option
+from .inner_loop import InnerLoop, NonFiniteLoss
+
+
+def _tokens(examples) -> int:
+    return int(sum(len(x.ids) for x in examples))
+
+
+@dataclass
+class TaskResult:
+    contribution: dict  # what the outer update averages: φ for Reptile, a meta-gradient for (FO)MAML
+    adapted: dict  # φ, the adapters after the inner steps (for monitoring)
+    metrics: dict = field(default_factory=dict)  # JSON-ready numbers for metrics.jsonl
+
+
+@dataclass
+class StepResult:
+    theta: dict
+    adapted: list[dict]  # φ_j per task of the meta-batch
+    metrics: dict  # {metric: [value per task]}
+
+
+class Learner:
+    name = ""
+
+    def __init__(self, cfg, episodes: int):
+        self.cfg, self.episodes = cfg, episodes
+
+    def task(self, theta: dict, episode, inner: InnerLoop, rng=None) -> TaskResult:
+        raise NotImplementedError
+
+    def update(self, theta: dict, mean: dict, t: int) -> dict:
+        raise NotImplementedError
+
+    def outer_metrics(self, t: int) -> dict:
+        """Per-episode settings of the outer update worth logging (an annealed step size)."""
+        return {}
+
+    def tokens(self, episode) -> int:
+        """Tokens through the model for one task: T passes over the support set."""
+        return self.cfg.inner_steps * _tokens(episode.support)
+
+    def mean(self, contributions: list[dict]) -> dict:
+        return tree_map(lambda *xs: sum(xs) / len(xs), *contributions)
+
+    def step(self, theta: dict, batch: list, inner: InnerLoop, t: int, rng=None) -> StepResult:
+        results = [self.task(theta, episode, inner, rng) for episode in batch]
+        new = self.update(theta, self.mean([r.contribution for r in results]), t)
+        metrics = {k: [r.metrics[k] for r in results] for k in results[0].metrics}
+        return StepResult(new, [r.adapted for r in results], metrics)
+
+    # -- state carried across episodes (none by default) ------------------------------------
+    def state(self) -> dict[str, mx.array]:
+        return {}
+
+    def load_state(self, state: dict[str, mx.array]) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, but the checkpoint holds {sorted(state)[:3]}")
+
+    def describe(self) -> dict:
+        """What made a start: recorded in meta.json and the adapters' config."""
+        return {"learner": self.name}
+
+
+@dataclass
+class OuterOptions:
+    outer_lr: float = option(3e-4, "fomaml, maml: learning rate of the outer Adam on θ", gt=0)
+
+
+class GradientLearner(Learner):
+    """Learners whose task contribution is a meta-gradient: θ ← Adam(θ, mean_j g_j), with Adam's own
+    learning rate (--outer-lr) and its moments carried across episodes (and checkpoints)."""
+
+    def __init__(self, cfg, episodes: int):
+        super().__init__(cfg, episodes)
+        self.outer = optim.Adam(learning_rate=cfg.outer_lr, bias_correction=True)
+
+    def tokens(self, episode) -> int:
+        return super().tokens(episode) + _tokens(episode.query)  # and one pass over the query set
+
+    def update(self, theta: dict, mean: dict, t: int) -> dict:
+        norm = sum((g * g).sum() for g in mean.values())
+        if not mx.isfinite(norm).item():
+            raise NonFiniteLoss(float(norm), "meta-gradient")  # before Adam's moments take it in
+        return self.outer.apply_gradients(mean, theta)
+
+    def state(self) -> dict[str, mx.array]:
+        # θ's names hold dots, so Adam's per-parameter slots are keyed "slot:name", not nested.
+        out = {}
+        for k, v in self.outer.state.items():
+            if isinstance(v, dict):
+                out.update({f"{slot}:{k}": x for slot, x in v.items()})
+            else:
+                out[k] = v
+        return out
+
+    def load_state(self, state: dict[str, mx.array]) -> None:
+        restored: dict = {}
+        for k, v in state.items():
+            slot, sep, name = k.partition(":")
+            if sep:
+                restored.setdefault(name, {})[slot] = v
+            else:
+                restored[k] = v
+        self.outer.state = restored
+
+    def describe(self) -> dict:
+        return {**super().describe(), "outer_optimizer": "adam", "outer_lr": self.cfg.outer_lr}
