@@ -198,9 +198,15 @@ def _cli(args, env=None):
 
 
 def test_kill_9_then_resume_is_bit_identical(tiny_dir, tmp_path):
+    kill_9_then_resume(tiny_dir, tmp_path)
+
+
+def kill_9_then_resume(tiny_dir, tmp_path, extra=()):
+    """A run killed with SIGKILL after a few episodes, then resumed, ends with the very adapters of
+    an uninterrupted run, and logs every episode once."""
     args = ["--model", str(tiny_dir), "--tasks", "aclsum-title,pydoc", "--episodes", "8", "--support", "4",
             "--query", "4", "--inner-steps", "2", "--rank", "4", "--max-length", "128", "--eval-every", "3",
-            "--checkpoint-every", "1", "--quiet"]
+            "--checkpoint-every", "1", "--quiet", *extra]
     env = {**os.environ}
     straight = subprocess.run(_cli(args + ["--out", str(tmp_path / "straight")]), env=env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr

@@ -1,9 +1,11 @@
-"""The same inner loop in PyTorch + PEFT, for cross-checking the MLX code and for side-by-side speed.
+"""The same inner loop and meta-gradients in PyTorch + PEFT, for cross-checking the MLX code and
+for side-by-side speed.
 
 It loads the same HF-format checkpoint in transformers, attaches PEFT LoRA with the same rank, alpha,
 dropout and target modules, and trains on the very same token batches (our `episodes.Batch`) with
 the same summary-only loss, AdamW (bias-corrected, eps 1e-8, decoupled weight decay) and clipping.
-Needs the `crosscheck` extra: torch, transformers, peft.
+MAML's meta-gradient is written independently of the MLX code, as PyTorch users would: torch.func's
+nested `grad` through the unrolled SGD steps. Needs the `crosscheck` extra: torch, transformers, peft.
 """
 
 from __future__ import annotations
@@ -117,8 +119,59 @@ class TorchInnerLoop:
         self.optimizer.step()
         return total / n
 
+    def gradient(self, batches: list[Batch], names) -> dict:
+        """The mean token loss's gradient at the current adapters, under MLX names and layout."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        n = sum(b.n_targets for b in batches)
+        for b in batches:
+            (summed_loss(self.model, b, self.dev) / n).backward()
+        params = dict(self.model.named_parameters())
+        grads = {k: params[_peft_name(k)].grad.detach().float().cpu().numpy().T for k in names}
+        self.optimizer.zero_grad(set_to_none=True)
+        return grads
+
     def loss(self, batches: list[Batch]) -> float:
         torch = _torch()
         self.model.eval()
         with torch.no_grad():
             return sum(summed_loss(self.model, b, self.dev).item() for b in batches) / sum(b.n_targets for b in batches)
+
+
+def maml_meta_gradient(model, theta: dict, support: list[Batch], query: list[Batch], steps: int, lr: float,
+                       second_order: bool = True, dev: str = "cpu") -> dict:
+    """∇_θ L_Q(φ_T(θ)) with φ_{t+1} = φ_t − lr ∇L_S(φ_t), by torch.func: the inner gradients stay in
+    the graph (second order) or are detached (first order). `theta`: MLX names and layout (numpy)."""
+    torch = _torch()
+    from torch.func import functional_call, grad
+
+    class Loss(torch.nn.Module):  # a module whose forward is our loss, for functional_call
+        def __init__(self, peft_model):
+            super().__init__()
+            self.peft = peft_model
+
+        def forward(self, batch):
+            return summed_loss(self.peft, batch, dev)
+
+    wrapper = Loss(model)
+    model.train()
+    names = list(theta)
+    key = {k: "peft." + _peft_name(k) for k in names}
+    params = {key[k]: torch.tensor(np.ascontiguousarray(np.asarray(theta[k], np.float32).T), device=dev)
+              for k in names}
+
+    def mean_loss(p, batches):
+        return sum(functional_call(wrapper, p, (b,)) for b in batches) / sum(b.n_targets for b in batches)
+
+    def meta_loss(p):
+        for _ in range(steps):
+            g = grad(mean_loss)(p, support)
+            p = {k: p[k] - lr * (g[k] if second_order else g[k].detach()) for k in p}
+        return mean_loss(p, query)
+
+    # The fused attention kernels have no double backward: the math kernel computes the same function.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        meta = grad(meta_loss)(params)
+    return {k: meta[key[k]].detach().float().cpu().numpy().T for k in names}
