@@ -218,3 +218,22 @@ def test_each_learner_end_to_end_on_the_bundled_model(bundled_dir, tmp_path, how
     assert r.returncode == 0, r.stderr
     assert f"meta-learned with {config['meta_learned']}" in r.stdout
     assert json.loads((tmp_path / "adapted" / "adapter_config.json").read_text())["start_learner"] == config["meta_learned"]
+
+
+@pytest.mark.parametrize("heads,kv_heads,length,keys,mask", [
+    (4, 4, 8, 8, "causal"), (6, 2, 8, 8, "causal"), (4, 2, 3, 8, "causal"), (4, 4, 8, 8, None),
+    (4, 4, 8, 8, "additive"), (4, 4, 8, 8, "boolean")])
+def test_written_out_attention_is_the_fused_function(heads, kv_heads, length, keys, mask):
+    """MAML's Hessian-vector products trace attention written out (the fused CUDA backward cannot be
+    differentiated again): it must compute what mx.fast does, for every mask mlx-lm passes."""
+    from mlx_reptilora.meta.inner_loop import _attention
+
+    mx.random.seed(0)
+    q = mx.random.normal((2, heads, length, 16))
+    k, v = mx.random.normal((2, kv_heads, keys, 16)), mx.random.normal((2, kv_heads, keys, 16))
+    if mask == "additive":
+        mask = mx.random.normal((length, keys))
+    elif mask == "boolean":
+        mask = (mx.random.uniform(shape=(length, keys)) > 0.3) | mx.eye(length, keys, dtype=mx.bool_)
+    fused = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+    assert mx.allclose(fused, _attention(q, k, v, 0.25, mask), atol=1e-5)

@@ -120,6 +120,37 @@ def checkpointed_layers(model: nn.Module):
         layer_cls.__call__, nn.Dropout.__call__ = layer_call, dropout_call
 
 
+def _attention(queries, keys, values, scale, mask=None, **kwargs):
+    """scaled_dot_product_attention written out (grouped-query heads, causal or additive/boolean
+    masks): the function mx.fast computes, in ops that can be differentiated twice."""
+    if kwargs.get("sinks") is not None:
+        raise NotImplementedError("attention sinks in a second-order gradient")
+    repeats = queries.shape[1] // keys.shape[1]
+    if repeats > 1:
+        keys, values = mx.repeat(keys, repeats, axis=1), mx.repeat(values, repeats, axis=1)
+    scores = (queries * scale) @ keys.swapaxes(-1, -2)
+    if isinstance(mask, str):  # "causal": queries are the last L of S positions
+        n, m = scores.shape[-2:]
+        mask = (mx.arange(n)[:, None] + (m - n)) >= mx.arange(m)[None]
+    if mask is not None:
+        scores = mx.where(mask, scores, -mx.inf) if mask.dtype == mx.bool_ else scores + mask
+    return mx.softmax(scores, axis=-1, precise=True) @ values
+
+
+@contextmanager
+def twice_differentiable_attention():
+    """While a second-order gradient is traced: MLX's fused attention backward (cuDNN on CUDA, for
+    bf16/fp16 and query lengths that are multiples of 128) has no derivative of its own, and its
+    vjp fails ("Number of outputs ... does not match number of cotangents"; see
+    scripts/device/second_order_ops.py). The written-out attention is the same function."""
+    fused = mx.fast.scaled_dot_product_attention
+    mx.fast.scaled_dot_product_attention = _attention
+    try:
+        yield
+    finally:
+        mx.fast.scaled_dot_product_attention = fused
+
+
 class InnerLoop:
     def __init__(self, model: nn.Module, cfg: InnerConfig, bucket_lengths: list[int]):
         self.model, self.cfg, self.bucket_lengths = model, cfg, bucket_lengths
@@ -209,12 +240,15 @@ class InnerLoop:
         v = tree_unflatten(list(vector.items()))
         params = self.model.trainable_parameters()
         out, n = None, 0
-        for b in batches:
-            hv = self._hvp(params, v, *batch_arrays(b))
-            out = hv if out is None else tree_map(mx.add, out, hv)
-            mx.eval(out)
-            n += b.n_targets
-        self.model.update(params)
+        try:
+            with twice_differentiable_attention():
+                for b in batches:
+                    hv = self._hvp(params, v, *batch_arrays(b))
+                    out = hv if out is None else tree_map(mx.add, out, hv)
+                    mx.eval(out)
+                    n += b.n_targets
+        finally:
+            self.model.update(params)  # the real adapters back, even if tracing failed half-way
         return {k: x * (1.0 / n) for k, x in tree_flatten(out)}
 
     def _compile_hvp(self):

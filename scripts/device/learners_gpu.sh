@@ -12,6 +12,8 @@ GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 what=${1:-smollm2-135m}; shift || true
 if [ "$what" = check ]; then
+  # the aclsum tasks need the aclsum wheel, carried in .whl/ (pip download --no-deps aclsum)
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/aclsum-*.whl
   for learner in fomaml maml; do
     python3 -m mlx_reptilora crosscheck --learner $learner --model "$GGUF" --device cuda --dtype float32 \
         --json "$OUT/crosscheck_$learner.json" 2>&1 | grep -v -i warn | tee "$OUT/crosscheck_$learner.log"
