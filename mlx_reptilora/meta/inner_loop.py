@@ -137,18 +137,27 @@ def _attention(queries, keys, values, scale, mask=None, **kwargs):
     return mx.softmax(scores, axis=-1, precise=True) @ values
 
 
+def _cross_entropy(logits, targets):
+    """mlx.nn.losses.cross_entropy's own CPU path (class indices, last axis)."""
+    logits = logits - mx.stop_gradient(logits.max(axis=-1, keepdims=True))
+    score = mx.take_along_axis(logits, mx.expand_dims(targets, -1), -1).squeeze(-1)
+    return mx.logsumexp(logits, axis=-1) - score
+
+
 @contextmanager
-def twice_differentiable_attention():
-    """While a second-order gradient is traced: MLX's fused attention backward (cuDNN on CUDA, for
-    bf16/fp16 and query lengths that are multiples of 128) has no derivative of its own, and its
-    vjp fails ("Number of outputs ... does not match number of cotangents"; see
-    scripts/device/second_order_ops.py). The written-out attention is the same function."""
-    fused = mx.fast.scaled_dot_product_attention
-    mx.fast.scaled_dot_product_attention = _attention
+def twice_differentiable():
+    """While a second-order gradient is traced, two fused GPU kernels are swapped for the same
+    functions written out: their derivatives cannot be differentiated again on CUDA (see
+    scripts/device/second_order_ops.py). The cuDNN attention backward (bf16/fp16, query lengths a
+    multiple of 128) fails with "Number of outputs ... does not match number of cotangents", and
+    mx.fast.cross_entropy (what nn.losses.cross_entropy uses on a GPU) with "[gather_axis] Cannot
+    calculate VJP with respect to indices"."""
+    fused = mx.fast.scaled_dot_product_attention, mx.fast.cross_entropy
+    mx.fast.scaled_dot_product_attention, mx.fast.cross_entropy = _attention, _cross_entropy
     try:
         yield
     finally:
-        mx.fast.scaled_dot_product_attention = fused
+        mx.fast.scaled_dot_product_attention, mx.fast.cross_entropy = fused
 
 
 class InnerLoop:
@@ -241,7 +250,7 @@ class InnerLoop:
         params = self.model.trainable_parameters()
         out, n = None, 0
         try:
-            with twice_differentiable_attention():
+            with twice_differentiable():
                 for b in batches:
                     hv = self._hvp(params, v, *batch_arrays(b))
                     out = hv if out is None else tree_map(mx.add, out, hv)
