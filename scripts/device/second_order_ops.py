@@ -1,6 +1,9 @@
 """Which of MLX's fused ops can be differentiated twice (a gradient of a gradient, as MAML's
 Hessian-vector products need) on this device: rms_norm, rope, scaled_dot_product_attention, silu,
-in float32 and bfloat16.
+cross_entropy, in float32 and bfloat16. On an H200 with MLX 0.32.4 (2026-11-23) two fail: the
+attention in bf16 at query lengths that are multiples of 128 (the cuDNN backward) and
+nn.losses.cross_entropy (mx.fast.cross_entropy on a GPU); meta/inner_loop.py's
+twice_differentiable() swaps both for the same functions written out.
     python3 scripts/device/second_order_ops.py
 """
 import mlx.core as mx
@@ -30,3 +33,5 @@ for dt in (mx.float32, mx.bfloat16):
     x5 = mx.random.normal((2, 4, 100, 64)).astype(dt)
     tryit(f"sdpa causal L100 {dt}", lambda x: mx.fast.scaled_dot_product_attention(x, x, x, scale=0.125, mask="causal"), x5)
     tryit(f"silu {dt}", lambda x: nn.silu(x), x)
+    logits, targets = mx.random.normal((16, 100)).astype(dt), mx.random.randint(0, 100, (16,))
+    tryit(f"cross_entropy {dt}", lambda x: nn.losses.cross_entropy(x, targets), logits)
