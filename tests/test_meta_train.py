@@ -304,3 +304,14 @@ def test_checkpointed_dropout_differentiates_through_the_forward_masks():
         losses.append(loss.item())
     assert losses[0] != losses[1]  # new masks each step: the key advances
     assert (Block.__call__, nn.Dropout.__call__) == originals  # patched only while traced
+
+
+def test_carry_optimizer_run_resumes_bit_identically(tiny_dir, tmp_path):
+    """The carried inner optimizer's moments go into the checkpoint and back onto the optimizer's
+    own tree (a resume used to fail with KeyError 'layer_types')."""
+    common = dict(tasks=["aclsum-title", "pydoc"], reset_optimizer=False, inner_steps=2, support=2)
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "straight", episodes=4, **common))
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "split", episodes=2, **common))
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "split", episodes=4, resume=True, **common))
+    a, b = adapters.read_weights(tmp_path / "straight"), adapters.read_weights(tmp_path / "split")
+    assert set(a) == set(b) and all(mx.array_equal(a[k], b[k]) for k in a)
