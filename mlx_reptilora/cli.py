@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import signal
 import sys
 from typing import Optional
@@ -107,7 +108,10 @@ def _command(name: str, cls, run, doc: str) -> None:
             default=typer.Option(None, *decls, help=text, show_default=False, metavar=metavar)))
 
     def command(**flags):
-        run(options.build(cls, flags.pop("config_file"), **flags))
+        try:
+            run(options.build(cls, flags.pop("config_file"), **flags))
+        except KeyboardInterrupt as e:  # typer would turn it into a silent exit 130
+            raise Stopped(e) from None
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -135,8 +139,20 @@ def _register() -> None:
 _register()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a scheduler, `kill`, or mlx.launch stopping the ranks after one of them failed."""
+
+
+class Stopped(Exception):
+    """A command stopped by Ctrl-C or SIGTERM, after saving what it could."""
+
+    def __init__(self, cause: KeyboardInterrupt):
+        super().__init__()
+        self.terminated = isinstance(cause, Terminated)
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) checkpoints like Ctrl-C does
+    raise Terminated  # checkpoints like Ctrl-C does
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Stopped as e:
+        if not e.terminated:
+            print("interrupted", file=sys.stderr)
+            return 130
+        under_launch = " (under mlx.launch: another rank failed, its log says why)" if "MLX_RANK" in os.environ else ""
+        print(f"error: stopped by SIGTERM{under_launch}", file=sys.stderr)
+        return 143
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0

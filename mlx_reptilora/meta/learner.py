@@ -6,21 +6,32 @@ query examples) and the shared inner loop, and returns the new θ with its metri
     theta, result = learner.step(theta, episodes, inner, t)
 
 A step is three parts, so each learner only writes its own rule: what one task contributes from θ
-(`task`), the mean over the meta-batch (`mean`: the one place a distributed run sums across
-processes), and the outer update (`update`). State a learner keeps across episodes (an outer
+(`task`), the mean over the meta-batch (`mean`, then `world.mean`: the one place a distributed run
+communicates), and the outer update (`update`). State a learner keeps across episodes (an outer
 optimizer's moments) is exposed as flat arrays for checkpoints.
+
+Each task draws its dropout masks and inner batches from a seed of its own (the run's seed and the
+episode's index in the sampler), so a task computes the same thing on whichever rank adapts it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_map
 
 from ..options import option
+from .distributed import World
 from .inner_loop import InnerLoop, NonFiniteLoss
+
+
+def task_seed(seed: int, index: int) -> int:
+    """The RNG seed of the task drawn index-th: a resumed or distributed run needs no RNG state."""
+    return (seed * 1_000_003 + index) % 2**63
 
 
 def _tokens(examples) -> int:
@@ -44,8 +55,8 @@ class StepResult:
 class Learner:
     name = ""
 
-    def __init__(self, cfg, episodes: int):
-        self.cfg, self.episodes = cfg, episodes
+    def __init__(self, cfg, episodes: int, world: World | None = None):
+        self.cfg, self.episodes, self.world = cfg, episodes, world or World()
 
     def task(self, theta: dict, episode, inner: InnerLoop, rng=None) -> TaskResult:
         raise NotImplementedError
@@ -64,9 +75,21 @@ class Learner:
     def mean(self, contributions: list[dict]) -> dict:
         return tree_map(lambda *xs: sum(xs) / len(xs), *contributions)
 
-    def step(self, theta: dict, batch: list, inner: InnerLoop, t: int, rng=None) -> StepResult:
-        results = [self.task(theta, episode, inner, rng) for episode in batch]
-        new = self.update(theta, self.mean([r.contribution for r in results]), t)
+    def step(self, theta: dict, batch: list, inner: InnerLoop, t: int) -> StepResult:
+        """One meta-step over this process's share of the meta-batch (all of it, when alone)."""
+        results, failed = [], None
+        for episode in batch:
+            mx.random.seed(task_seed(self.cfg.seed, episode.index))
+            try:
+                results.append(self.task(theta, episode, inner,
+                                         np.random.default_rng([self.cfg.seed, episode.index])))
+            except NonFiniteLoss as e:
+                failed = e
+                break
+        if self.world.any(failed is not None):  # every rank drops the episode together
+            raise failed or NonFiniteLoss(math.nan, "loss on another rank")
+        mean = self.world.mean(self.mean([r.contribution for r in results]))
+        new = self.update(theta, mean, t)
         metrics = {k: [r.metrics[k] for r in results] for k in results[0].metrics}
         return StepResult(new, [r.adapted for r in results], metrics)
 
@@ -92,8 +115,8 @@ class GradientLearner(Learner):
     """Learners whose task contribution is a meta-gradient: θ ← Adam(θ, mean_j g_j), with Adam's own
     learning rate (--outer-lr) and its moments carried across episodes (and checkpoints)."""
 
-    def __init__(self, cfg, episodes: int):
-        super().__init__(cfg, episodes)
+    def __init__(self, cfg, episodes: int, world: World | None = None):
+        super().__init__(cfg, episodes, world)
         self.outer = optim.Adam(learning_rate=cfg.outer_lr, bias_correction=True)
 
     def tokens(self, episode) -> int:

@@ -27,6 +27,7 @@ from ..model import adapters, backend, models
 from ..options import option
 from ..progress import Progress
 from . import checkpoint
+from .distributed import RankLost, World
 from .fomaml import FOMAML
 from .inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, NonFiniteLoss, StepOptions
 from .learner import Learner, OuterOptions
@@ -101,13 +102,8 @@ class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, Ou
             raise UserError("--task-weights must not all be 0")
 
 
-def make_learner(cfg: MetaTrainConfig) -> Learner:
-    return LEARNERS[cfg.learner](cfg, cfg.episodes)
-
-
-def episode_seed(seed: int, episode: int) -> int:
-    """Dropout's RNG is reseeded per episode, so a resumed run needs no RNG state from the past."""
-    return (seed * 1_000_003 + episode) % 2**63
+def make_learner(cfg: MetaTrainConfig, world: World | None = None) -> Learner:
+    return LEARNERS[cfg.learner](cfg, cfg.episodes, world)
 
 
 def versions() -> dict:
@@ -132,7 +128,7 @@ class Setup:
     learner: Learner
 
 
-def prepare(cfg: MetaTrainConfig, progress: Progress) -> Setup:
+def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None) -> Setup:
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     lora = cfg.lora()
     adapters.attach(base.model, lora, seed=cfg.seed)
@@ -149,7 +145,7 @@ def prepare(cfg: MetaTrainConfig, progress: Progress) -> Setup:
             raise UserError(f"task {name} has no examples left for a query set after --support {cfg.support}; "
                             f"--learner {cfg.learner} needs one")
     inner = InnerLoop(base.model, cfg.inner(), episodes.buckets(cfg.max_length))
-    return Setup(base, lora, prepared, sampler, inner, make_learner(cfg))
+    return Setup(base, lora, prepared, sampler, inner, make_learner(cfg, world))
 
 
 # -- the run folder: settings, metrics, checkpoints --------------------------------------------
@@ -171,8 +167,9 @@ def _check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
     return True
 
 
-def write_meta(out: Path, cfg: MetaTrainConfig, s: Setup) -> None:
+def write_meta(out: Path, cfg: MetaTrainConfig, s: Setup, world: World) -> None:
     meta = {"config": options.to_dict(cfg), "learner": s.learner.describe(), "inner": s.inner.cfg.__dict__,
+            "processes": world.size,
             "base_model": models.describe(s.base), "backend": backend.describe(),
             "tasks": {p.name: {"train": len(p.splits["train"]), "truncated": p.truncated, "dropped": p.dropped}
                       for p in s.prepared},
@@ -209,13 +206,26 @@ def snapshot(episode: int, theta: dict, s: Setup, nonfinite: int) -> dict:
             "info": {"sampler": s.sampler.state(), "nonfinite": nonfinite}}
 
 
-def save(ckpt_dir: Path, snap: dict, keep: int) -> None:
-    checkpoint.save(ckpt_dir, snap["episode"], snap["groups"], snap["info"], keep=keep)
+def save(ckpt_dir: Path, snap: dict, keep: int, world: World) -> None:
+    if world.main:
+        checkpoint.save(ckpt_dir, snap["episode"], snap["groups"], snap["info"], keep=keep)
 
 
-def restore(path: Path, s: Setup) -> tuple[int, dict, int]:
-    """(next episode, θ, non-finite count) from a checkpoint; the sampler and learner state are set."""
-    info, groups = checkpoint.load(path)
+def restore(path: Path | None, s: Setup, world: World) -> tuple[int, dict, int] | None:
+    """(next episode, θ, non-finite count) from rank 0's checkpoint, on every rank; the sampler and
+    learner state are set. None when rank 0 has no checkpoint to resume from."""
+    if world.main:
+        info, groups = checkpoint.load(path) if path is not None else (None, {})
+        spec = {g: {k: [list(v.shape), str(v.dtype)] for k, v in t.items()} for g, t in groups.items()}
+        world.broadcast_json({"info": info, "spec": spec})
+    else:
+        shared = world.broadcast_json()
+        info, spec = shared["info"], shared["spec"]
+        groups = {g: {k: mx.zeros(shape, getattr(mx, dtype.split(".")[-1])) for k, (shape, dtype) in t.items()}
+                  for g, t in spec.items()}
+    if info is None:
+        return None
+    groups = {g: world.broadcast(t) for g, t in groups.items()}
     s.sampler.restore(info["sampler"])
     s.learner.load_state(groups.get("learner", {}))
     if "inner_optimizer" in groups:
@@ -230,74 +240,95 @@ def restore(path: Path, s: Setup) -> tuple[int, dict, int]:
 
 def run(cfg: MetaTrainConfig) -> Path:
     cfg.validate()
+    world = World.init()
+    world.check_divides(cfg.meta_batch)
     out = Path(cfg.out)
-    resuming = _check_resume(out, cfg)
+    resuming = agree(world, lambda: _check_resume(out, cfg))  # rank 0 owns the folder; all follow its answer
     ckpt_dir = out / "checkpoints"
-    progress = Progress(cfg.episodes, quiet=cfg.quiet)
-    s = prepare(cfg, progress)
+    progress = Progress(cfg.episodes, quiet=cfg.quiet or not world.main)
+    s = prepare(cfg, progress, world)
+    if world.size > 1:
+        progress.log(f"{world.size} processes, {cfg.meta_batch // world.size} of the {cfg.meta_batch} tasks of "
+                     f"each episode on each")
     theta, start, nonfinite = s.inner.weights(), 0, 0
-    last = checkpoint.latest(ckpt_dir) if resuming else None
+    last = restore(checkpoint.latest(ckpt_dir) if world.main else None, s, world) if resuming else None
     if last is not None:
-        start, theta, nonfinite = restore(last, s)
+        start, theta, nonfinite = last
         progress.log(f"resuming {out} after episode {start}")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        write_meta(out, cfg, s)
-    metrics = Metrics(out / "metrics.jsonl", start)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            write_meta(out, cfg, s, world)
+    metrics = Metrics(out / "metrics.jsonl", start) if world.main else None
     progress.start = start
     at_start = snapshot(start, theta, s, nonfinite)
     try:
         for episode in range(start, cfg.episodes):
             at_start = snapshot(episode, theta, s, nonfinite)
-            record, new_theta = run_episode(cfg, s, theta, episode)
+            record, new_theta = run_episode(cfg, s, theta, episode, world)
             if new_theta is None:
                 nonfinite += 1
                 record.update(nonfinite_in_a_row=nonfinite)
-                metrics.write(record)
+                metrics and metrics.write(record)
                 progress.log(f"episode {episode}: non-finite loss on {record['tasks']}, update dropped")
                 if nonfinite >= cfg.max_nonfinite:
-                    save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints)
+                    save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints, world)
                     raise UserError(f"{nonfinite} episodes in a row had a non-finite loss (last: episode {episode}); "
                                     f"lower --inner-lr or check the data (θ is saved in {ckpt_dir})")
                 continue
             theta, nonfinite = new_theta, 0
-            metrics.write(record)
+            metrics and metrics.write(record)
             progress.update(episode + 1, summary(record))
             if (episode + 1) % cfg.checkpoint_every == 0 and episode + 1 < cfg.episodes:
-                save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        save(ckpt_dir, at_start, cfg.keep_checkpoints)  # the episode in flight is redone on --resume
-        progress.log(f"interrupted: checkpoint after episode {at_start['episode']} in {ckpt_dir}; "
-                     f"continue with --resume")
+                save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints, world)
+    except (KeyboardInterrupt, RankLost):
+        save(ckpt_dir, at_start, cfg.keep_checkpoints, world)  # the episode in flight is redone on --resume
+        progress.log(f"stopped: checkpoint after episode {at_start['episode']} in {ckpt_dir}; continue with --resume")
         raise
     finally:
-        metrics.close()
+        metrics and metrics.close()
         progress.close()
-    save(ckpt_dir, snapshot(cfg.episodes, theta, s, nonfinite), cfg.keep_checkpoints)
-    s.inner.set_weights(theta)
-    adapters.save(s.base.model, s.lora, out, extra={
-        "meta_learned": s.learner.name, "learner": s.learner.describe(), "episodes": cfg.episodes,
-        "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
-        "base_model": s.base.name, "seed": cfg.seed})
+    save(ckpt_dir, snapshot(cfg.episodes, theta, s, nonfinite), cfg.keep_checkpoints, world)
     if not math.isfinite(sum(float(mx.abs(v).sum()) for v in theta.values())):
         raise UserError("the meta-learned adapters are not finite")
-    progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
+    if world.main:
+        s.inner.set_weights(theta)
+        adapters.save(s.base.model, s.lora, out, extra={
+            "meta_learned": s.learner.name, "learner": s.learner.describe(), "episodes": cfg.episodes,
+            "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
+            "base_model": s.base.name, "seed": cfg.seed})
+        progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
 
 
-def run_episode(cfg: MetaTrainConfig, s: Setup, theta: dict, episode: int) -> tuple[dict, dict | None]:
-    """One meta-step: (its metrics record, the new θ or None when a loss was not finite)."""
-    mx.random.seed(episode_seed(cfg.seed, episode))
+def agree(world: World, check):
+    """`check()`'s answer from rank 0, on every rank; its UserError is raised on every rank too."""
+    answer = {"value": None, "error": None}
+    if world.main:
+        try:
+            answer["value"] = check()
+        except UserError as e:
+            answer["error"] = str(e)
+    answer = world.broadcast_json(answer)
+    if answer["error"]:
+        raise UserError(answer["error"] if world.main else f"rank 0 stopped the run: {answer['error']}")
+    return answer["value"]
+
+
+def run_episode(cfg: MetaTrainConfig, s: Setup, theta: dict, episode: int, world: World) -> tuple[dict, dict | None]:
+    """One meta-step: (its metrics record, the new θ or None when a loss was not finite). Every rank
+    draws the whole meta-batch and adapts its share; rank 0 holds task 0, which is monitored."""
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     batch = [s.sampler.sample() for _ in range(cfg.meta_batch)]
     record = {"episode": episode, "tasks": [e.task for e in batch], **s.learner.outer_metrics(episode)}
-    monitor = cfg.eval_every and batch[0].query and (episode % cfg.eval_every == 0 or episode == cfg.episodes - 1)
+    monitor = (world.main and cfg.eval_every and batch[0].query
+               and (episode % cfg.eval_every == 0 or episode == cfg.episodes - 1))
     if monitor:
         s.inner.set_weights(theta)
         record["query_loss_before"] = s.inner.loss(batch[0].query)
     try:
-        result = s.learner.step(theta, batch, s.inner, episode, rng=np.random.default_rng([cfg.seed, episode]))
+        result = s.learner.step(theta, world.share(batch), s.inner, episode)
     except NonFiniteLoss as e:
         return {**record, "skipped": f"non-finite {e.where}"}, None
     if monitor:
@@ -306,9 +337,25 @@ def run_episode(cfg: MetaTrainConfig, s: Setup, theta: dict, episode: int) -> tu
     mx.eval(result.theta)
     seconds = time.perf_counter() - t0
     tokens = sum(s.learner.tokens(e) for e in batch)
-    record.update(result.metrics, tokens=tokens, seconds=round(seconds, 3), tokens_per_s=round(tokens / seconds, 1),
-                  peak_memory_gb=round(backend.peak_memory_gb(), 3))
+    record.update(gather_metrics(result.metrics, world), tokens=tokens, seconds=round(seconds, 3),
+                  tokens_per_s=round(tokens / seconds, 1), peak_memory_gb=round(backend.peak_memory_gb(), 3))
     return record, result.theta
+
+
+def gather_metrics(metrics: dict[str, list], world: World) -> dict[str, list]:
+    """Per-task metrics of every rank's tasks, in meta-batch order (float32 across processes)."""
+    if world.size == 1:
+        return metrics
+    keys = sorted(metrics)
+    widths = [len(v[0]) if isinstance(v[0], list) else 0 for v in (metrics[k] for k in keys)]
+    rows = np.array([[x for k, w in zip(keys, widths) for x in (metrics[k][j] if w else [metrics[k][j]])]
+                     for j in range(len(metrics[keys[0]]))], np.float32)
+    out, col = {k: [] for k in keys}, 0
+    every = world.gather(rows)
+    for k, w in zip(keys, widths):
+        out[k] = [row[col:col + w].tolist() if w else float(row[col]) for row in every]
+        col += max(w, 1)
+    return out
 
 
 def summary(record: dict) -> str:
