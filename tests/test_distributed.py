@@ -93,6 +93,10 @@ def test_a_killed_rank_stops_every_rank_then_resume_completes(tiny_dir, tmp_path
     assert "resuming" in err and (out / "adapters.safetensors").exists(), err
     rows = [json.loads(line)["episode"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(20))
+    # and it ends where an uninterrupted run ends (one process: the same, as the test above shows)
+    straight = subprocess.run([sys.executable, "-m", "mlx_reptilora", *args(tiny_dir, tmp_path / "straight",
+                                                                              episodes=20), "-q"])
+    assert straight.returncode == 0 and same(out, tmp_path / "straight")
 
 
 def test_a_meta_batch_that_does_not_divide_is_one_line_on_every_rank(tiny_dir, tmp_path):
