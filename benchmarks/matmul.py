@@ -46,7 +46,7 @@ def main():
     for m, k, n in SHAPES:
         a, b = np.random.randn(m, k).astype(np.float32), np.random.randn(k, n).astype(np.float32)
         am, bm = mx.array(a), mx.array(b)
-        t_mx, t_np = bench_pair(lambda: mx.eval(am @ bm), lambda: a @ b, args.repeats)
+        t_mx, t_np = bench_pair(lambda am=am, bm=bm: mx.eval(am @ bm), lambda a=a, b=b: a @ b, args.repeats)
         flops = 2 * m * k * n
         rows.append({"shape": f"{m}x{k}x{n}", "mlx_gflops": flops / t_mx / 1e9, "numpy_gflops": flops / t_np / 1e9})
     info = {**backend.describe(), "numpy": np.__version__, "machine": platform.machine(),

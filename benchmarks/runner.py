@@ -404,7 +404,7 @@ def sweep(args) -> list[dict]:
     for b, n in dict.fromkeys(points):
         inner = InnerLoop(model, InnerConfig(micro_batch=b), [n])
         batches = inner.batches(random_rows(b, n, cfg["vocab_size"], 0))
-        s = median_time(lambda: inner.step(batches), max(1, args.repeats // 2))
+        s = median_time(lambda inner=inner, batches=batches: inner.step(batches), max(1, args.repeats // 2))
         out.append({"shape": shape, "batch": b, "length": n, "step_s": s, "tok_s": b * n / s})
         print(f"  sweep {shape} {b} x {n}: {b * n / s:,.0f} tok/s", flush=True)
         inner = batches = None

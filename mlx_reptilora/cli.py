@@ -9,6 +9,7 @@ import sys
 from typing import Optional
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click
 
 from .errors import UserError
 
@@ -158,9 +159,16 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)  # errors come here, to be said in one line
+        return code if isinstance(code, int) else 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NoArgsIsHelpError:
+        return 0  # the help was printed
+    except UsageError as e:  # an unknown flag, a missing value: click's, in one line
+        where = e.ctx.command_path if e.ctx is not None else "mlx-reptilora"
+        print(f"error: {e.format_message()} (see {where} --help)", file=sys.stderr)
         return 2
     except Stopped as e:
         if not e.terminated:
@@ -171,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return 0
 
 
 def _entry():

@@ -141,6 +141,8 @@ def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
         return json.loads((folder / "results.json").read_text())["rows"]
     if args.quick:  # short prompts and few steps: a CPU smoke run of the same code
         over.update(max_length=min(over.get("max_length", 128), 256), steps=min(over.get("steps", 2), 2))
+        if "in_context_length" in over:
+            over["in_context_length"] = 256
     over.setdefault("batch_size", args.batch_size)
     cfg = compare.CompareConfig(model=args.model, seed=args.seed, quiet=True, out=str(folder), limit=args.limit,
                                 **over)
@@ -207,8 +209,8 @@ def stage_test(args, out: Path) -> None:
     _compare(args, out, adapters=str(start), systems=["lora"], shots=[0, 1, 5], steps=choice["lora_steps"],
              dest=out / "test" / "a-lora", **common)
     # 2048-token prompts: a batch of 128 ran an H100 out of memory in prefill; 16 at a time fits.
-    _compare(args, out, adapters=str(start), systems=["in-context"], shots=[1, 5], max_length=IN_CONTEXT_MAX_LENGTH,
-             batch_size=min(args.batch_size, 16), dest=out / "test" / "a-in-context", **common)
+    _compare(args, out, adapters=str(start), systems=["in-context"], shots=[1, 5],
+             in_context_length=IN_CONTEXT_MAX_LENGTH, batch_size=min(args.batch_size, 16), dest=out / "test" / "a-in-context", **common)
     # Protocol (b): the start never saw the task. The leave-one-out runs use the paper variant
     # (they are trained alongside the tuning runs); the adaptation steps are the tuned ones.
     _protocol_b(args, out, lambda t: out / "test" / f"b-{t}", steps=choice["reptilora_steps"])
@@ -246,7 +248,7 @@ def stage_why(args, out: Path) -> dict:
                  split="test", tasks=TASKS, dest=out / "why" / f"test-{system}-{best}", **over)
         summary["test"][system] = f"test-{system}-{best}"
         if system == "reptilora" and path == start:  # an adaptation setting: protocol (b) too
-            _protocol_b(args, out, lambda t: out / "why" / f"test-b-{t}-{best}", **over)
+            _protocol_b(args, out, lambda t, best=best: out / "why" / f"test-b-{t}-{best}", **over)
             summary["test_b"] = {t: f"test-b-{t}-{best}" for t in TASKS}
     (out / "why" / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[why] best: ReptiLoRA {summary['best_reptilora']}, LoRA {summary['best_lora']}", flush=True)

@@ -27,7 +27,11 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    cache = os.environ.get("MLX_REPTILORA_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    # One cache for all of pytest-xdist's workers: the bundled model is converted once, not per worker.
+    root = tmp_path_factory.getbasetemp()
+    shared = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "cache"
+    shared.mkdir(exist_ok=True)
+    cache = os.environ.get("MLX_REPTILORA_TEST_CACHE") or str(shared)
     os.environ["MLX_REPTILORA_CACHE"] = cache
     yield cache
 

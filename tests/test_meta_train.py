@@ -160,13 +160,26 @@ def test_inner_step_compiles_once_not_per_episode(tiny):
     assert inner.traces == after_first
 
 
+def poisoned(tiny_dir, folder):
+    """The tiny model with one weight set to NaN: every loss it computes is NaN. (Learning rates that
+    would blow up a healthy model are refused up front now: --inner-lr is at most 1.)"""
+    import shutil
+
+    shutil.copytree(tiny_dir, folder)
+    weights = mx.load(str(folder / "model.safetensors"))
+    weights["model.norm.weight"] = mx.full(weights["model.norm.weight"].shape, float("nan"))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "pt"})
+    return folder
+
+
 def test_nonfinite_losses_drop_updates_then_stop(tiny_dir, tmp_path):
-    cfg = small_cfg(tiny_dir, tmp_path / "nan", inner_lr=1e30, grad_clip=0.0, inner_steps=3, episodes=6,
+    cfg = small_cfg(poisoned(tiny_dir, tmp_path / "nan-model"), tmp_path / "nan", inner_steps=3, episodes=6,
                     max_nonfinite=2)
     with pytest.raises(UserError, match="non-finite loss"):
         meta_train.run(cfg)
     rows = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped"] == "non-finite inner loss" and rows[-1]["nonfinite_in_a_row"] == 2
+    assert not (tmp_path / "nan" / "adapters.safetensors").exists()
 
 
 def test_out_folder_is_never_overwritten_and_resume_checks_settings(tiny_dir, tmp_path):

@@ -36,7 +36,7 @@ class CrosscheckConfig:
     support: int = option(4, "support examples per episode", min=1)
     query: int = option(4, "query examples per episode (fomaml, maml)", min=1)
     inner_steps: int = option(3, "inner steps", min=1)
-    inner_lr: float | None = option(None, "inner learning rate", gt=0, default_text="the learner's: 5e-4, or 0.1 "
+    inner_lr: float | None = option(None, "inner learning rate", gt=0, max=1, default_text="the learner's: 5e-4, or 0.1 "
                                                                                    "for maml's SGD")
     meta_lr: float = option(0.1, "Reptile step size α", gt=0, max=1)
     rank: int = option(16, "LoRA rank", min=1)

@@ -54,6 +54,8 @@ class PromptFormat:
 def tokenize(fmt: PromptFormat, tokenizer, examples: list[Example], max_length: int,
              with_summary: bool = True) -> list[Tokenized | None]:
     """Token ids for each example; None where even an empty document leaves no room for the summary."""
+    if not examples:
+        return []
     docs = [e.document for e in examples]
     doc_ids = tokenizer._tokenizer(docs, add_special_tokens=False)["input_ids"]
     if with_summary:

@@ -12,6 +12,7 @@ from ..meta.inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, StepOptions
 from ..model import adapters, models
 from .. import options
 from ..options import option
+from ..paths import claimed
 
 
 @dataclass
@@ -19,7 +20,7 @@ class AdaptOptions(StepOptions):
     """How a start is adapted to k shots (adapt, and both systems of compare)."""
 
     steps: int = option(7, "adaptation steps", min=0)
-    lr: float = option(5e-4, "adaptation learning rate", gt=0)
+    lr: float = option(5e-4, "adaptation learning rate (steps above 1 diverged in every measurement)", gt=0, max=1)
     optimizer: str = option("adamw", "adamw | adam0 (Adam with beta1 = 0) | sgd", choices=OPTIMIZERS)
 
     def inner(self) -> InnerConfig:
@@ -64,7 +65,17 @@ def fine_tune(base: models.Base, shots: list[prompts.Tokenized], cfg: AdaptConfi
 
 def run(cfg: AdaptConfig) -> Path:
     options.check(cfg)
-    task = tasks.load(cfg.task)  # fail on a bad task before loading the model
+    task = tasks.load(cfg.task)  # fail on a bad task, or an --out that cannot be written, before any work
+    if cfg.shots:
+        task.split("train")
+    if cfg.adapters:
+        adapters.read_config(cfg.adapters)
+        adapters.read_weights(cfg.adapters)
+    with claimed(cfg.out):
+        return _run(cfg, task)
+
+
+def _run(cfg: AdaptConfig, task: tasks.Task) -> Path:
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     lora = start(base, cfg)
     if not cfg.quiet:

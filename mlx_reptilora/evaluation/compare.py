@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..meta.inner_loop import InnerLoop
 from ..model import adapters, models
 from ..options import option
+from ..paths import atomic_write_text, claimed
 from ..progress import Progress
 from . import evaluate
 from .adapt import AdaptOptions
@@ -56,6 +57,11 @@ def _cells(cfg: CompareConfig):
 
 def run(cfg: CompareConfig) -> dict:
     options.check(cfg)
+    with claimed(cfg.out):
+        return _run(cfg)
+
+
+def _run(cfg: CompareConfig) -> dict:
     lora = adapters.read_config(cfg.adapters)
     meta = adapters.read_weights(cfg.adapters)
     learner = adapters.learner_of(cfg.adapters)
@@ -75,7 +81,6 @@ def run(cfg: CompareConfig) -> dict:
             raise UserError(f"--shots {k} is more than the {len(train[n])} usable training examples of {n}")
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters)}")
     cells = list(_cells(cfg))
@@ -91,7 +96,8 @@ def run(cfg: CompareConfig) -> dict:
                 inner.reset_optimizer()
                 inner.adapt(episodes.draw_shots(train[name], k, seed, name))
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
-                                       max_length=cfg.max_length, in_context=k if system == "in-context" else 0,
+                                       max_length=cfg.max_length, in_context_length=cfg.in_context_length,
+                                       in_context=k if system == "in-context" else 0,
                                        seed=seed, quiet=True)
             result = evaluate.evaluate(base, task, ecfg)
             predictions += [p["prediction"] for p in result["_predictions"]]
@@ -100,7 +106,7 @@ def run(cfg: CompareConfig) -> dict:
                "n": len(predictions), **evaluate.rouge(predictions, references, cfg.seed)}
         rows.append(row)
         (out / "predictions").mkdir(exist_ok=True)
-        (out / "predictions" / f"{name}-{system}-{k}shot.jsonl").write_text(
+        atomic_write_text(out / "predictions" / f"{name}-{system}-{k}shot.jsonl",
             "".join(json.dumps({"prediction": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
         progress.update(i + 1, f"{name} {label(system, learner)} {k}-shot: ROUGE-L {row['rougeL']['mid']:.2f}")
     progress.close()
@@ -108,9 +114,9 @@ def run(cfg: CompareConfig) -> dict:
         rows += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
                  for r in rows if r["system"] == "lora" and r["shots"] == 0]
     result = {"config": options.to_dict(cfg), "start_learner": learner, "rows": rows}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     table = markdown_table(rows, cfg, learner)
-    (out / "table.md").write_text(table)
+    atomic_write_text(out / "table.md", table)
     for name in cfg.tasks:
         chart(rows, name, cfg, out / f"{name}.png", learner)
     if not cfg.quiet:

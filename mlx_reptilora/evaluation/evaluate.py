@@ -15,6 +15,8 @@ from .. import options
 from ..data import episodes, prompts, tasks
 from ..model import adapters, models
 from ..options import option
+from ..errors import UserError
+from ..paths import atomic_write_text, writable_folder
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 
@@ -30,6 +32,9 @@ class EvalOptions:
     limit: int | None = option(None, "score only the first N examples of the split", min=1, default_text="all")
     batch_size: int = option(16, "sequences generated together", min=1)
     max_length: int = option(512, "max tokens per example or prompt; documents are truncated", min=16)
+    in_context_length: int | None = option(None, "max tokens of an in-context prompt", min=16,
+                                           default_text="--max-length x (shots + 1): each document keeps the "
+                                                        "room it has alone")
 
 
 @dataclass
@@ -94,7 +99,8 @@ def examples_of(task: tasks.Task, split: str, limit: int | None) -> list[tasks.E
 def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig) -> list[list[int]]:
     shots = (episodes.draw_shots(task.split("train"), cfg.in_context, cfg.seed, task.name, "--in-context")
              if cfg.in_context else [])
-    return prompts.in_context(base.tokenizer, shots, exs, cfg.max_length)
+    length = cfg.in_context_length or cfg.max_length * (len(shots) + 1)
+    return prompts.in_context(base.tokenizer, shots, exs, length)
 
 
 def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:
@@ -112,19 +118,26 @@ def run(cfg: EvalConfig) -> dict:
     options.check(cfg)
     task = tasks.load(cfg.task)
     examples_of(task, cfg.split, cfg.limit)  # a missing split fails before the model loads
+    pred_path = Path(cfg.predictions or Path(cfg.json).with_suffix(".predictions.jsonl")) if (
+        cfg.json or cfg.predictions) else None
+    for path, flag in ((cfg.json, "--json"), (pred_path, "--predictions")):
+        if path is not None:  # before generating: a path that cannot be written is one line, not lost work
+            if Path(path).is_dir():
+                raise UserError(f"{flag} {path} is a folder; give a file name")
+            writable_folder(Path(path).parent, flag)
+    if cfg.adapters:
+        adapters.read_config(cfg.adapters)
+        adapters.read_weights(cfg.adapters)
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     if cfg.adapters:
         adapters.load(base.model, cfg.adapters)
     result = evaluate(base, task, cfg)
     preds = result.pop("_predictions")
-    if cfg.json or cfg.predictions:
-        pred_path = Path(cfg.predictions or Path(cfg.json).with_suffix(".predictions.jsonl"))
-        pred_path.parent.mkdir(parents=True, exist_ok=True)
-        pred_path.write_text("".join(json.dumps(p) + "\n" for p in preds))
+    if pred_path is not None:
+        atomic_write_text(pred_path, "".join(json.dumps(p) + "\n" for p in preds))
         result["predictions"] = str(pred_path)
     if cfg.json:
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(result, indent=2))
+        atomic_write_text(cfg.json, json.dumps(result, indent=2))
     if not cfg.quiet:
         print(f"{task.name} ({cfg.split}, n={result['n']}): " + ", ".join(
             f"{m} {result[m]['mid']:.2f} [{result[m]['low']:.2f}, {result[m]['high']:.2f}]" for m in METRICS)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from ..errors import UserError
+from ..paths import atomic_write_text
+
 LATEST = "latest"
 STATE = "state.safetensors"
 INFO = "state.json"
@@ -26,16 +29,20 @@ def save(folder: Path, episode: int, groups: dict[str, dict[str, mx.array]], inf
     folder.mkdir(parents=True, exist_ok=True)
     name = f"episode-{episode:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
-    arrays = {f"{g}/{k}": v for g, tree in groups.items() for k, v in tree.items()}
-    mx.save_safetensors(str(tmp / STATE), arrays)
-    (tmp / INFO).write_text(json.dumps({"episode": episode, **info}))
-    final = folder / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = folder / f".{LATEST}.tmp"
-    pointer.write_text(name)
-    os.replace(pointer, folder / LATEST)
+    try:
+        arrays = {f"{g}/{k}": v for g, tree in groups.items() for k, v in tree.items()}
+        mx.save_safetensors(str(tmp / STATE), arrays)
+        (tmp / INFO).write_text(json.dumps({"episode": episode, **info}))
+        final = folder / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException as e:  # a full disk, a kill: the previous checkpoint stays the latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, RuntimeError)):
+            raise UserError(f"cannot write a checkpoint into {folder}: {str(e).splitlines()[0][:120]}") from None
+        raise
+    atomic_write_text(folder / LATEST, name)
     _prune(folder, keep, final)
     return final
 
@@ -49,19 +56,42 @@ def _prune(folder: Path, keep: int, current: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def latest(folder: Path) -> Path | None:
-    pointer = folder / LATEST
-    if not pointer.exists():
+def named(folder: Path) -> Path | None:
+    """The checkpoint the `latest` file names (it may since have been damaged)."""
+    try:
+        return folder / (folder / LATEST).read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    path = folder / pointer.read_text().strip()
-    return path if (path / INFO).exists() else None
+
+
+def latest(folder: Path) -> Path | None:
+    """The newest intact checkpoint: the one `latest` names, else the newest that loads (a disk that
+    filled up or a hand that deleted can damage the newest). None when there is none at all."""
+    found = sorted((p for p in folder.glob("episode-*") if p.is_dir()), reverse=True) if folder.is_dir() else []
+    pointed = named(folder)
+    candidates = ([pointed] if pointed in found else []) + [p for p in found if p != pointed]
+    for path in candidates:
+        try:
+            load(path)
+            return path
+        except UserError:
+            continue
+    if candidates:
+        raise UserError(f"no checkpoint in {folder} can be read ({len(candidates)} damaged); move the run away to "
+                        f"start again")
+    return None
 
 
 def load(path: Path) -> tuple[dict, dict[str, dict[str, mx.array]]]:
     """(info from state.json, {group: {name: array}})."""
-    info = json.loads((path / INFO).read_text())
+    try:
+        info = json.loads((path / INFO).read_text())
+        info["episode"], info["sampler"]  # noqa: B018 -- what every checkpoint holds
+        arrays = mx.load(str(path / STATE))
+    except Exception as e:  # JSON, a truncated safetensors file, a missing file: all mean "damaged"
+        raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
     groups: dict[str, dict[str, mx.array]] = {}
-    for key, v in mx.load(str(path / STATE)).items():
+    for key, v in arrays.items():
         # "group/name"; checkpoints before learners existed wrote "theta.name" and "opt.name"
         group, _, name = key.partition("/") if "/" in key else key.partition(".")
         groups.setdefault({"opt": "inner_optimizer"}.get(group, group), {})[name] = v

@@ -108,7 +108,7 @@ class Learner:
 
 @dataclass
 class OuterOptions:
-    outer_lr: float = option(3e-4, "fomaml, maml: learning rate of the outer Adam on θ", gt=0)
+    outer_lr: float = option(3e-4, "fomaml, maml: learning rate of the outer Adam on θ", gt=0, max=1)
 
 
 class GradientLearner(Learner):

@@ -12,6 +12,7 @@ import math
 import platform
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..data import episodes, prompts, tasks
 from ..errors import UserError
 from ..model import adapters, backend, models
 from ..options import option
+from ..paths import atomic_write_text, claimed
 from ..progress import Progress
 from . import checkpoint
 from .distributed import RankLost, World
@@ -38,7 +40,7 @@ LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "fomaml": FOMAML, "mam
 
 # What may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "max_nonfinite"}
+                     "max_nonfinite", "out"}  # out: the same folder may be spelled ./x, /abs/x or x/
 
 
 @dataclass
@@ -56,8 +58,8 @@ class EpisodeOptions:
     query: int = option(128, "query examples per task, M: the loss after adaptation that fomaml and maml "
                              "train on; reptile only monitors it. Capped per task at what its split leaves", min=0)
     inner_steps: int = option(7, "inner steps per task, T", min=1)
-    inner_lr: float | None = option(None, "inner learning rate", gt=0,
-                                    default_text="5e-4 for adamw/adam0, 0.1 for sgd")
+    inner_lr: float | None = option(None, "inner learning rate (steps above 1 diverged in every measurement)", gt=0,
+                                    max=1, default_text="5e-4 for adamw/adam0, 0.1 for sgd")
     inner_optimizer: str | None = option(None, "adamw | adam0 (Adam with beta1 = 0, as in Reptile) | sgd",
                                          choices=OPTIMIZERS, default_text="adamw; sgd for maml")
     inner_batch: int | None = option(None, "examples per inner step", min=1, default_text="the whole support set")
@@ -129,11 +131,15 @@ class Setup:
 
 
 def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None) -> Setup:
+    loaded = tasks.load_many(cfg.tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
+    for t in loaded:
+        t.split("train")  # a task without training examples is one line, before the model loads
+    if cfg.task_weights is not None and len(cfg.task_weights) != len(loaded):
+        raise UserError(f"--task-weights has {len(cfg.task_weights)} numbers for {len(loaded)} tasks")
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     lora = cfg.lora()
     adapters.attach(base.model, lora, seed=cfg.seed)
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
-    loaded = tasks.load_many(cfg.tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
     prepared = [episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, splits=("train",)) for t in loaded]
     for p in prepared:
         progress.log(f"task {p.name}: {len(p.splits['train'])} training examples, {p.truncated} truncated "
@@ -151,20 +157,45 @@ def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None
 # -- the run folder: settings, metrics, checkpoints --------------------------------------------
 
 def _check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
+    """Whether this run continues the one in `out` (True) or starts afresh (False)."""
     meta_path = out / "meta.json"
     if not meta_path.exists():
         if cfg.resume:
             raise UserError(f"--resume: {out} has no run to resume (no meta.json)")
         return False
+    if checkpoint.latest(out / "checkpoints") is None and not (out / adapters.WEIGHTS).exists():
+        return False  # a run that stopped before its first checkpoint left nothing to continue: start afresh
     if not cfg.resume:
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    old = json.loads(meta_path.read_text())["config"]
+    old = read_meta(out)["config"]
     old.setdefault("learner", "reptile")  # runs from before learners existed
     now = options.to_dict(cfg)
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k in old and old[k] != now[k])
     if changed:
         raise UserError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
+    if cfg.meta_lr_final is not None and old.get("episodes") != cfg.episodes:
+        raise UserError(f"--episodes {cfg.episodes}: this run anneals α over {old['episodes']} episodes "
+                        f"(--meta-lr-final); resume it with --episodes {old['episodes']}")
     return True
+
+
+def read_meta(out: Path) -> dict:
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        meta["config"]["episodes"]  # noqa: B018 -- the one field every run has
+        return meta
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{out / 'meta.json'} is damaged ({type(e).__name__}: {str(e)[:80]}); move {out} away to "
+                        f"start again") from None
+
+
+def note_resume(out: Path, cfg: MetaTrainConfig, start: int) -> None:
+    """meta.json follows the settings a resume may change (--episodes, ...) and lists the resumes."""
+    meta = read_meta(out)
+    meta["config"].update({k: v for k, v in options.to_dict(cfg).items() if k in RESUMABLE_CHANGES})
+    meta.setdefault("resumed", []).append({"after_episode": start, "episodes": cfg.episodes,
+                                           "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
 
 
 def write_meta(out: Path, cfg: MetaTrainConfig, s: Setup, world: World) -> None:
@@ -174,19 +205,25 @@ def write_meta(out: Path, cfg: MetaTrainConfig, s: Setup, world: World) -> None:
             "tasks": {p.name: {"train": len(p.splits["train"]), "truncated": p.truncated, "dropped": p.dropped}
                       for p in s.prepared},
             "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
 
 
 class Metrics:
     """metrics.jsonl, one line per episode, flushed as written; on resume, lines of episodes after
-    the checkpoint are dropped (they will be logged again)."""
+    the checkpoint are dropped (they will be logged again), and so are lines that do not parse (a
+    line cut short by a kill, say): `dropped` counts those."""
 
     def __init__(self, path: Path, start: int):
+        self.dropped = 0
         if path.exists():
-            keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["episode"] < start]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            tmp.replace(path)
+            keep = []
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    if json.loads(line)["episode"] < start:
+                        keep.append(line)
+                except (ValueError, KeyError, TypeError):
+                    self.dropped += bool(line.strip())
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
         self.file = open(path, "a")
 
     def write(self, record: dict) -> None:
@@ -216,6 +253,8 @@ def restore(path: Path | None, s: Setup, world: World) -> tuple[int, dict, int] 
     learner state are set. None when rank 0 has no checkpoint to resume from."""
     if world.main:
         info, groups = checkpoint.load(path) if path is not None else (None, {})
+        if path is not None and path != checkpoint.named(path.parent):
+            print(f"the newest checkpoint is damaged: resuming from {path.name}", file=sys.stderr)
         spec = {g: {k: [list(v.shape), str(v.dtype)] for k, v in t.items()} for g, t in groups.items()}
         world.broadcast_json({"info": info, "spec": spec})
     else:
@@ -243,7 +282,16 @@ def run(cfg: MetaTrainConfig) -> Path:
     world = World.init()
     world.check_divides(cfg.meta_batch)
     out = Path(cfg.out)
-    resuming = agree(world, lambda: _check_resume(out, cfg))  # rank 0 owns the folder; all follow its answer
+    with ExitStack() as folder:
+        def claim_and_check():
+            folder.enter_context(claimed(out))  # one run per folder: a second one stops here, in one line
+            return _check_resume(out, cfg)
+
+        resuming = agree(world, claim_and_check)  # rank 0 owns the folder; all ranks follow its answer
+        return _train(cfg, world, out, resuming)
+
+
+def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool) -> Path:
     ckpt_dir = out / "checkpoints"
     progress = Progress(cfg.episodes, quiet=cfg.quiet or not world.main)
     s = prepare(cfg, progress, world)
@@ -256,10 +304,10 @@ def run(cfg: MetaTrainConfig) -> Path:
         start, theta, nonfinite = last
         progress.log(f"resuming {out} after episode {start}")
     if world.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resuming:
-            write_meta(out, cfg, s, world)
+        write_meta(out, cfg, s, world) if not resuming else note_resume(out, cfg, start)
     metrics = Metrics(out / "metrics.jsonl", start) if world.main else None
+    if metrics and metrics.dropped:
+        progress.log(f"metrics.jsonl: dropped {metrics.dropped} line(s) that did not parse")
     progress.start = start
     at_start = snapshot(start, theta, s, nonfinite)
     try:

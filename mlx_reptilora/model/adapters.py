@@ -8,8 +8,6 @@ mlx-lm's format is what `mlx_lm.generate --adapter-path` and `mlx_lm.fuse` read:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import UserError
 from ..options import option
+from ..paths import atomic_write, atomic_write_text
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
@@ -91,19 +90,6 @@ def set_weights(model: nn.Module, weights: dict) -> None:
     model.update(tree_unflatten(list(weights.items())))
 
 
-def _atomic_write(path: Path, write) -> None:
-    # Keep the real suffix: mx.save_safetensors appends ".safetensors" to any other name.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, extra: dict | None = None) -> Path:
     """Write adapters in mlx-lm's format; `extra` keys go into adapter_config.json (mlx-lm ignores them)."""
     if not weights:
@@ -112,8 +98,8 @@ def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, ex
     out.mkdir(parents=True, exist_ok=True)
     config = {"fine_tune_type": "lora", "num_layers": n_layers,
               "lora_parameters": cfg.mlx_lm_parameters(), "lora_alpha": cfg.alpha, **(extra or {})}
-    _atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, weights))
-    _atomic_write(out / CONFIG, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+    atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, weights))
+    atomic_write_text(out / CONFIG, json.dumps(config, indent=2))
     return out
 
 
@@ -145,9 +131,14 @@ def read_config(path: str | Path) -> LoraConfig:
 
 def read_weights(path: str | Path) -> dict:
     try:
-        return mx.load(str(Path(path) / WEIGHTS))
+        weights = mx.load(str(Path(path) / WEIGHTS))
     except Exception as e:
         raise UserError(f"cannot read {Path(path) / WEIGHTS}: {(str(e).splitlines() or [''])[0]}") from None
+    bad = [k for k, v in weights.items() if not mx.all(mx.isfinite(v)).item()]
+    if bad:
+        raise UserError(f"adapters {path} hold non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[0]}: "
+                        f"the run that wrote them diverged")
+    return weights
 
 
 def learner_of(path: str | Path | None) -> str | None:
@@ -215,9 +206,9 @@ def to_peft(path: str | Path, out_dir: str | Path, base_model: str | None = None
         "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
     }
     # Contiguous copies: safetensors writes the logical layout, but be explicit about it.
-    _atomic_write(out / PEFT_WEIGHTS, lambda p: mx.save_safetensors(
+    atomic_write(out / PEFT_WEIGHTS, lambda p: mx.save_safetensors(
         p, {k: mx.contiguous(v) for k, v in peft.items()}, metadata={"format": "pt"}))
-    _atomic_write(out / "adapter_config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+    atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))
     return out
 
 
@@ -228,20 +219,36 @@ def from_peft(path: str | Path, out_dir: str | Path) -> Path:
         tensors = mx.load(str(path / PEFT_WEIGHTS))
     except (OSError, json.JSONDecodeError, RuntimeError, ValueError) as e:
         raise UserError(f"{path} is not a readable PEFT adapter folder ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}/adapter_config.json is not a JSON object")
     if raw.get("peft_type") != "LORA" or raw.get("use_dora") or raw.get("rank_pattern") or raw.get("alpha_pattern"):
         raise UserError(f"{path}: only plain PEFT LoRA adapters (no DoRA, no rank/alpha patterns) can be imported")
-    r, alpha = int(raw["r"]), float(raw["lora_alpha"])
+    try:
+        r, alpha = int(raw["r"]), float(raw["lora_alpha"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}/adapter_config.json: no usable {e.args[0] if isinstance(e, KeyError) else 'r or lora_alpha'}") from None
     scale_alpha = alpha * (r ** 0.5) / r if raw.get("use_rslora") else alpha  # rsLoRA scales by alpha/sqrt(r)
+    if not tensors:
+        raise UserError(f"{path}/{PEFT_WEIGHTS} holds no tensors")
     weights, keys, layers = {}, set(), set()
     for name, w in tensors.items():
-        if not name.startswith(PEFT_PREFIX) or ".lora_" not in name:
-            raise UserError(f"{path}: unexpected tensor {name}")
-        module, kind = name[len(PEFT_PREFIX):].rsplit(".", 2)[:2]
-        leaf = {"lora_A": "lora_a", "lora_B": "lora_b"}[kind]
-        weights[f"{module}.{leaf}"] = mx.contiguous(w.T)
-        parts = module.split(".")  # model.layers.<i>.<key...>
+        # base_model.model.model.layers.<i>.<key...>.lora_A.weight: linear LoRA on transformer blocks only
+        parts = name[len(PEFT_PREFIX):].split(".") if name.startswith(PEFT_PREFIX) else []
+        if (len(parts) < 6 or parts[-1] != "weight" or parts[-2] not in ("lora_A", "lora_B")
+                or parts[:2] != ["model", "layers"] or not parts[2].isdigit()):
+            raise UserError(f"{path}: tensor {name} is not LoRA on a transformer block's linear layer "
+                            f"(embedding LoRA and other kinds cannot be imported)")
+        module = ".".join(parts[:-2])
+        weights[f"{module}.{parts[-2].lower()}"] = mx.contiguous(w.T)  # lora_A -> lora_a
         layers.add(int(parts[2]))
-        keys.add(".".join(parts[3:]))
+        keys.add(".".join(parts[3:-2]))
+    for name, w in weights.items():
+        twin = name[:-1] + ("b" if name.endswith("a") else "a")
+        if twin not in weights:
+            raise UserError(f"{path}: {name.rsplit('.', 1)[0]} has lora_{name[-1].upper()} but no "
+                            f"lora_{twin[-1].upper()}: a half adapter")
+        if w.ndim != 2 or (w.shape[1] if name.endswith("a") else w.shape[0]) != r:
+            raise UserError(f"{path}: {name} has shape {tuple(w.shape)}, not rank r = {r}")
     n = len(layers)
     if sorted(layers) != list(range(max(layers) - n + 1, max(layers) + 1)):
         raise UserError(f"{path}: LoRA on layers {sorted(layers)}; mlx-lm needs the last N layers contiguous")

@@ -58,6 +58,8 @@ def read_gguf(path: str | Path, probe: bool = True) -> tuple[dict, dict]:
         weights, meta = mx.load(str(path), return_metadata=True)
     except Exception as e:  # mx.load raises RuntimeError/ValueError with C++ text
         raise UserError(f"cannot read GGUF {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not weights or "general.architecture" not in meta:
+        raise UserError(f"cannot read GGUF {path}: it holds no model (no tensors or no architecture in its metadata)")
     if meta.get("general.architecture") != "llama":
         raise UserError(f"{path}: architecture {meta.get('general.architecture')!r} is not supported (llama only)")
     return weights, meta
@@ -187,12 +189,15 @@ def tokenizer_config(meta: dict) -> dict:
     return {k: v for k, v in cfg.items() if v is not None}
 
 
-def convert(gguf_path: str | Path, out_dir: str | Path) -> Path:
-    """Write the HF folder atomically: a half-written folder is never left at `out_dir`."""
+def convert(gguf_path: str | Path, out_dir: str | Path, announce=None) -> Path:
+    """Write the HF folder atomically: a half-written folder is never left at `out_dir`. `announce()`
+    is called once the file has been read and understood."""
     out_dir = Path(out_dir)
     weights, meta = read_gguf(gguf_path)
     config = hf_config(meta)
     hf = hf_weights(weights, config)
+    if announce:
+        announce()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
@@ -206,10 +211,16 @@ def convert(gguf_path: str | Path, out_dir: str | Path) -> Path:
             {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, indent=2))
         (tmp / "SOURCE").write_text(f"converted by mlx_reptilora.model.gguf from {gguf_path}\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is ordinary data
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
+        # Several processes may convert at once (the ranks of a distributed run, parallel tests):
+        # the first one to finish wins, the others keep its folder and drop their own.
+        if not (out_dir / "model.safetensors").exists():
+            if out_dir.exists():
+                shutil.rmtree(out_dir)  # a broken leftover
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                if not (out_dir / "model.safetensors").exists():
+                    raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -62,9 +62,10 @@ def converted_gguf(path: Path, verbose: bool = True) -> Path:
     key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "models" / f"{path.stem}-{key}"
     if not (out / "model.safetensors").exists():
-        if verbose:
-            print(f"converting {path.name} to a Hugging Face folder (once): {out}", file=sys.stderr)
-        gguf.convert(path, out)
+        # said once the file has been read: a corrupt one is then a single line of error
+        announce = (lambda: print(f"converting {path.name} to a Hugging Face folder (once): {out}", file=sys.stderr)
+                    ) if verbose else None
+        gguf.convert(path, out, announce=announce)
     return out
 
 
