@@ -50,6 +50,22 @@ def import_peft(adapters: str = typer.Argument(..., help="folder with PEFT LoRA 
     typer.echo(str(ad.from_peft(adapters, out)))
 
 
+@app.command("push")
+def push(start: str = typer.Argument(..., help="a meta-learned start (adapters folder)"),
+         repo_id: str = typer.Argument(..., help="the hub repo to upload to, owner/name"),
+         private: bool = typer.Option(False, "--private", help="create the repo private"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="write the folder that would be uploaded; upload nothing"),
+         out: Optional[str] = typer.Option(None, help="where the upload folder is written [runs/push/OWNER--NAME]")):
+    """Upload a start to the Hugging Face hub: its adapters, a PEFT export (subfolder peft/) and a model card."""
+    from .model import hub
+
+    folder = hub.push(start, repo_id, out, private, dry_run)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        typer.echo(str(f.relative_to(folder)))
+    typer.echo(f"{'would upload' if dry_run else 'uploaded'} {folder} {'to' if not dry_run else 'as'} "
+               f"https://huggingface.co/{repo_id}")
+
+
 @app.command("tasks")
 def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (its tokenizer is used)"),
                max_length: int = typer.Option(512, help="truncate documents to fit this many tokens"),
@@ -124,6 +140,7 @@ def _register() -> None:
     from .crosscheck import check
     from .evaluation import adapt, compare, evaluate
     from .meta import train
+    from .model import hub
 
     _command("meta-train", train.MetaTrainConfig, train.run,
              "Meta-learn the LoRA start over many tasks: Reptile (the paper's defaults), FOMAML or MAML.")
@@ -133,6 +150,8 @@ def _register() -> None:
              "Generate summaries for a task's split and score ROUGE-1/2/L (bootstrap 95% intervals).")
     _command("compare", compare.CompareConfig, compare.run,
              "The paper's table and charts: LoRA vs the meta start vs in-context at 0/1/5 shots.")
+    _command("convert", hub.ConvertConfig, hub.convert,
+             "Convert a base model once into a local MLX folder (optionally quantized) with mlx-lm's conversion.")
     _command("crosscheck", check.CrosscheckConfig, check.run,
              "Run the same Reptile episodes in MLX and in PyTorch + PEFT; compare losses and adapters.")
 

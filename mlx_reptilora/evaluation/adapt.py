@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data import episodes, prompts, tasks
 from ..meta.inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, StepOptions
-from ..model import adapters, models
+from ..model import adapters, hub, models
 from .. import options
 from ..options import option
 from ..paths import claimed
@@ -65,6 +65,7 @@ def fine_tune(base: models.Base, shots: list[prompts.Tokenized], cfg: AdaptConfi
 
 def run(cfg: AdaptConfig) -> Path:
     options.check(cfg)
+    cfg.adapters = hub.adapters_folder(cfg.adapters)  # a hub repo id is downloaded into the hub cache
     task = tasks.load(cfg.task)  # fail on a bad task, or an --out that cannot be written, before any work
     if cfg.shots:
         task.split("train")
@@ -77,6 +78,8 @@ def run(cfg: AdaptConfig) -> Path:
 
 def _run(cfg: AdaptConfig, task: tasks.Task) -> Path:
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
+    if cfg.adapters:
+        hub.check_base(cfg.adapters, base)
     lora = start(base, cfg)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters) if cfg.adapters else 'the standard LoRA start (B = 0)'}")
@@ -86,7 +89,8 @@ def _run(cfg: AdaptConfig, task: tasks.Task) -> Path:
         print(f"adapted on {cfg.shots} shots of {task.name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     out = adapters.save(base.model, lora, cfg.out, extra={
         "start": cfg.adapters or "standard", "start_learner": adapters.learner_of(cfg.adapters), "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
-        "steps": cfg.steps if cfg.shots else 0, "lr": cfg.lr, "losses": losses, "base_model": base.name})
+        "steps": cfg.steps if cfg.shots else 0, "lr": cfg.lr, "losses": losses, "base_model": base.name,
+        "base_model_id": hub.base_id(base.name, base.path)})
     if not cfg.quiet:
         print(f"adapters: {out}")
     return out

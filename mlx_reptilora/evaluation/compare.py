@@ -15,7 +15,7 @@ from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
 from ..meta.inner_loop import InnerLoop
-from ..model import adapters, models
+from ..model import adapters, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
@@ -57,6 +57,7 @@ def _cells(cfg: CompareConfig):
 
 def run(cfg: CompareConfig) -> dict:
     options.check(cfg)
+    cfg.adapters = hub.adapters_folder(cfg.adapters)
     with claimed(cfg.out):
         return _run(cfg)
 
@@ -69,6 +70,7 @@ def _run(cfg: CompareConfig) -> dict:
     for t in loaded.values():
         evaluate.examples_of(t, cfg.split, cfg.limit)
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
+    hub.check_base(cfg.adapters, base)
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import options
 from ..data import episodes, prompts, tasks
-from ..model import adapters, models
+from ..model import adapters, hub, models
 from ..options import option
 from ..errors import UserError
 from ..paths import atomic_write_text, writable_folder
@@ -116,6 +116,7 @@ def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:
 
 def run(cfg: EvalConfig) -> dict:
     options.check(cfg)
+    cfg.adapters = hub.adapters_folder(cfg.adapters)
     task = tasks.load(cfg.task)
     examples_of(task, cfg.split, cfg.limit)  # a missing split fails before the model loads
     pred_path = Path(cfg.predictions or Path(cfg.json).with_suffix(".predictions.jsonl")) if (
@@ -130,6 +131,7 @@ def run(cfg: EvalConfig) -> dict:
         adapters.read_weights(cfg.adapters)
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     if cfg.adapters:
+        hub.check_base(cfg.adapters, base)
         adapters.load(base.model, cfg.adapters)
     result = evaluate(base, task, cfg)
     preds = result.pop("_predictions")

@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten, tree_map_with_path
 from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
-from ..model import adapters, backend, models
+from ..model import adapters, backend, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
@@ -344,7 +344,7 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool) -> Pat
         adapters.save(s.base.model, s.lora, out, extra={
             "meta_learned": s.learner.name, "learner": s.learner.describe(), "episodes": cfg.episodes,
             "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
-            "base_model": s.base.name, "seed": cfg.seed})
+            "base_model": s.base.name, "base_model_id": hub.base_id(s.base.name, s.base.path), "seed": cfg.seed})
         progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
 

@@ -82,8 +82,7 @@ def resolve(name: str | None, verbose: bool = True) -> Path:
         if not (path / "config.json").exists():
             raise UserError(f"--model {name}: folder has no config.json (not a Hugging Face/MLX model)")
         return path
-    looks_like_repo = name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if not looks_like_repo:
+    if not is_repo_id(name):
         raise UserError(f"--model {name}: no such file or folder")
     from mlx_lm.utils import _download
 
@@ -93,6 +92,11 @@ def resolve(name: str | None, verbose: bool = True) -> Path:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot fetch {name} from the Hugging Face hub ({type(e).__name__}: {first}); "
                         f"offline, use the bundled model (omit --model) or a local folder") from None
+
+
+def is_repo_id(name: str) -> bool:
+    """owner/name, as the hub spells repos (a path that exists locally is taken as a path first)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
 
 
 def _quantize(model: nn.Module, bits: int, group_size: int = 64) -> None:

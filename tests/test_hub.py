@@ -1,0 +1,123 @@
+"""Sharing, offline: the folder `push --dry-run` writes (adapters, PEFT export, model card), PEFT
+loading its subfolder with MLX's logits, `convert` of the bundled model (plain and 4-bit) loading in
+mlx_lm and in adapt, and every network path failing in one line with HF_HUB_OFFLINE=1."""
+
+import json
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import yaml
+
+from mlx_reptilora.model import adapters, hub, models
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def one_line(r, message):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and message in lines[-1] and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def start(bundled_dir, tmp_path_factory):
+    """A start on the bundled model with B far from zero, so that an adapter that is not applied shows."""
+    out = tmp_path_factory.mktemp("start") / "run"
+    r = cli("meta-train", "--tasks", "aclsum-title,pydoc", "--episodes", "1", "--support", "2", "--query", "2",
+            "--inner-steps", "1", "--max-length", "64", "--eval-every", "0", "--out", out, "-q")
+    assert r.returncode == 0, r.stderr
+    w = adapters.read_weights(out)
+    mx.random.seed(1)
+    w = {k: v + (0.05 * mx.random.normal(v.shape) if k.endswith("lora_b") else 0) for k, v in w.items()}
+    mx.save_safetensors(str(out / adapters.WEIGHTS), w)
+    return out
+
+
+def test_push_dry_run_writes_what_would_be_uploaded(start, tmp_path):
+    r = cli("push", start, "someone/reptilora-smollm2", "--dry-run", "--out", tmp_path / "up")
+    assert r.returncode == 0, r.stderr
+    listed = set(r.stdout.split("\n")[:-2])
+    files = {p.relative_to(tmp_path / "up").as_posix() for p in (tmp_path / "up").rglob("*") if p.is_file()}
+    assert files == listed == {"README.md", "adapters.safetensors", "adapter_config.json", "meta.json",
+                               "peft/adapter_model.safetensors", "peft/adapter_config.json"}
+    card = (tmp_path / "up" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["library_name"] == "mlx"
+    assert {"mlx", "meta-learning", "lora", "reptile"} <= set(front["tags"]) and front["datasets"] == ["sobamchan/aclsum"]
+    assert "| learner | reptile |" in card and "Tasks: aclsum-title, pydoc." in card and "mlx-lm 0.32" in card
+    for usage in ("mlx-reptilora adapt --adapters someone/reptilora-smollm2", "mlx_lm.generate --model",
+                  'PeftModel.from_pretrained(model, "someone/reptilora-smollm2", subfolder="peft")'):
+        assert usage in card
+    peft_config = json.loads((tmp_path / "up" / "peft" / "adapter_config.json").read_text())
+    assert peft_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_the_peft_subfolder_loads_in_peft_with_mlx_logits(start, bundled_dir, bundled, tmp_path):
+    torch = pytest.importorskip("torch")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    hub.stage(start, "someone/x", tmp_path / "up")
+    model = AutoModelForCausalLM.from_pretrained(str(bundled_dir), dtype=torch.float32)
+    ids = [[1, 504, 3612, 314, 253, 1345, 30, 3012]]
+    with torch.no_grad():
+        plain = model(input_ids=torch.tensor(ids)).logits.numpy()
+        peft = PeftModel.from_pretrained(model, str(tmp_path / "up"), subfolder="peft")
+        theirs = peft(input_ids=torch.tensor(ids)).logits.numpy()
+    base = models.load(None, verbose=False)
+    adapters.load(base.model, start)
+    base.model.eval()
+    ours = np.array(base.model(mx.array(ids)))
+    scale = np.abs(theirs).max()
+    assert np.abs(ours - theirs).max() <= 1e-4 * scale
+    assert np.abs(plain - theirs).max() > 1e-2 * scale  # the adapter is really applied
+
+
+def test_convert_the_bundled_model_plain_and_4bit(bundled_dir, tmp_path):
+    from mlx_lm import generate, load
+
+    for bits in (None, 4):
+        out = tmp_path / f"mlx-{bits or 'float'}"
+        r = cli("convert", "--out", out, *(["--quantize", bits] if bits else []), "-q")
+        assert r.returncode == 0, r.stderr
+        model, tokenizer = load(str(out))
+        assert generate(model, tokenizer, prompt="The capital of France is", max_tokens=3)
+        assert json.loads((out / hub.ORIGIN).read_text())["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        r = cli("adapt", "--model", out, "--task", "aclsum-title", "--shots", "1", "--steps", "1", "--max-length", "128",
+                "--out", tmp_path / f"adapted-{bits}", "-q")
+        assert r.returncode == 0, r.stderr
+        cfg = json.loads((tmp_path / f"adapted-{bits}" / adapters.CONFIG).read_text())
+        assert cfg["base_model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    one_line(cli("convert", "--out", out), "already exists")
+
+
+def test_hub_ids_offline_are_one_line(start, tmp_path):
+    repo = "someone/not-downloaded-start"
+    one_line(cli("adapt", "--adapters", repo, "--task", "aclsum-title", "--shots", "1", "--out", tmp_path / "a"),
+             f"cannot fetch the start {repo} from the Hugging Face hub")
+    one_line(cli("evaluate", "--adapters", repo, "--task", "aclsum-title"), f"cannot fetch the start {repo}")
+    one_line(cli("compare", "--adapters", repo, "--out", tmp_path / "c"), f"cannot fetch the start {repo}")
+    one_line(cli("push", start, "someone/new-repo", "--out", tmp_path / "up"),
+             "cannot push")
+    assert (tmp_path / "up" / "README.md").exists()  # what would have been uploaded is kept
+    one_line(cli("convert", "--model", "someone/some-model", "--out", tmp_path / "m"),
+             "cannot fetch someone/some-model from the Hugging Face hub")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists() and not (tmp_path / "m").exists()
+
+
+def test_a_start_made_on_another_base_is_refused(start, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(start, other)
+    config = json.loads((other / adapters.CONFIG).read_text())
+    config["base_model_id"] = "meta-llama/Llama-2-7b-hf"
+    (other / adapters.CONFIG).write_text(json.dumps(config))
+    one_line(cli("evaluate", "--adapters", other, "--task", "aclsum-title", "--limit", "2"),
+             "was meta-learned on meta-llama/Llama-2-7b-hf, but the base model is HuggingFaceTB/SmolLM2-135M-Instruct")
