@@ -1,4 +1,5 @@
-"""Episode time and peak memory of each meta-learner against Reptile's, and MAML's as T grows.
+"""Episode time and peak memory of each meta-learner and MAML++ option against Reptile's, and MAML's
+as T grows.
 
     python -m benchmarks.learners [--shape smollm2-135m|llama2-7b|tiny] [--support 8] [--query 8]
                                   [--length 512] [--steps 7] [--sweep 1,2,4,8] [--out DIR]
@@ -22,10 +23,13 @@ from benchmarks.runner import median_time, mlx_model, one_line, random_rows, rel
     with_peak_memory
 
 LEARNERS = (("reptile", {}), ("fomaml", {}), ("maml (first order)", {"learner": "maml", "first_order": True}),
-            ("maml", {}))
+            ("maml", {}), ("meta-sgd", {}), ("maml --lslr", {"learner": "maml", "lslr": True}),
+            ("maml --multi-step-loss", {"learner": "maml", "multi_step_loss": 100}),
+            ("meta-sgd --first-order", {"learner": "meta-sgd", "first_order": True}))
 
 
-def measure(model, make_cfg, rows, query, steps: int, name: str, settings: dict, repeats: int) -> dict:
+def measure(model, make_cfg, rows, query, steps: int, name: str, settings: dict, repeats: int,
+            label: str | None = None) -> dict:
     import mlx.core as mx
 
     from mlx_reptilora.data import episodes
@@ -33,6 +37,7 @@ def measure(model, make_cfg, rows, query, steps: int, name: str, settings: dict,
     from mlx_reptilora.meta.inner_loop import InnerLoop
 
     cfg = make_cfg(**{"learner": name, **settings, "inner_steps": steps})
+    label = label or name
     learner = train.make_learner(cfg)
     inner = InnerLoop(model, cfg.inner(), [rows[0].ids.size])
     theta = inner.weights()
@@ -41,8 +46,7 @@ def measure(model, make_cfg, rows, query, steps: int, name: str, settings: dict,
     def run():
         mx.eval(learner.step(theta, [episode], inner, 0).theta)
 
-    row = {"learner": name if not settings.get("first_order") else "maml (first order)", "steps": steps,
-           "inner_optimizer": cfg.inner_optimizer}
+    row = {"learner": label, "steps": steps, "inner_optimizer": cfg.inner_optimizer}
     try:
         t = time.perf_counter()
         run()
@@ -87,7 +91,7 @@ def main(argv=None) -> dict:
     for name, settings in LEARNERS:
         settings = dict(settings)
         learner = settings.pop("learner", name)
-        results.append(measure(model, make_cfg, rows, query, args.steps, learner, settings, args.repeats))
+        results.append(measure(model, make_cfg, rows, query, args.steps, learner, settings, args.repeats, name))
         print(json.dumps(results[-1]), flush=True)
         release_mlx()
     sweep = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 import signal
 import sys
 from typing import Optional
@@ -35,10 +36,18 @@ def info(model: Optional[str] = typer.Option(None, help=MODEL_HELP),
 def export_peft(adapters: str = typer.Argument(..., help="folder with mlx-lm adapters"),
                 out: str = typer.Argument(..., help="output folder for PEFT's format"),
                 base_model: Optional[str] = typer.Option(None, help="base_model_name_or_path to record")):
-    """Convert mlx-lm adapters to PEFT's format (adapter_model.safetensors + adapter_config.json)."""
+    """Convert mlx-lm adapters to PEFT's format (adapter_model.safetensors + adapter_config.json); a
+    start's adaptation recipe and learned learning rates go along."""
+    import shutil
+
+    from .meta import recipe
     from .model import adapters as ad
 
-    typer.echo(str(ad.to_peft(adapters, out, base_model)))
+    folder = ad.to_peft(adapters, out, base_model)
+    for name in (recipe.RECIPE, recipe.LEARNED):
+        if (Path(adapters) / name).exists():
+            shutil.copy2(Path(adapters) / name, folder / name)
+    typer.echo(str(folder))
 
 
 @app.command("import-peft")

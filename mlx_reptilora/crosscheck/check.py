@@ -28,7 +28,7 @@ from . import torch_ref
 
 @dataclass
 class CrosscheckConfig:
-    learner: str = option("reptile", "which learner to check", choices=tuple(train.LEARNERS))
+    learner: str = option("reptile", "which learner to check", choices=("reptile", "fomaml", "maml"))
     model: str | None = option(None, "HF repo id, local model folder or .gguf file",
                                default_text="the bundled SmolLM2-135M-Instruct")
     tasks: list[str] = option(["aclsum-title", "pydoc"], "comma-separated tasks")

@@ -1,30 +1,75 @@
 """`mlx-reptilora adapt`: fine-tune LoRA on k examples of a task, from the meta-learned start
 (--adapters) or the standard start (B = 0: the base model itself, the paper's baseline), with the
-very inner loop meta-training uses."""
+very inner loop meta-training uses.
+
+A start is adapted with the recipe it carries (meta/recipe.py: the steps, optimizer and learning
+rates it was meta-trained to be adapted with, learned ones included); flags override it one by one.
+`--steps auto` holds each shot out in turn to pick the number of steps, 0 included.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
+from .. import options
 from ..data import episodes, prompts, tasks
+from ..errors import UserError
+from ..meta import recipe as recipes
 from ..meta.inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, StepOptions
 from ..model import adapters, hub, models
-from .. import options
 from ..options import option
 from ..paths import claimed
+
+DEFAULT = recipes.Recipe("none", "adamw", 7, 5e-4, chosen_by="the defaults (the paper's LoRA setting)")
 
 
 @dataclass
 class AdaptOptions(StepOptions):
     """How a start is adapted to k shots (adapt, and both systems of compare)."""
 
-    steps: int = option(7, "adaptation steps", min=0)
-    lr: float = option(5e-4, "adaptation learning rate (steps above 1 diverged in every measurement)", gt=0, max=1)
-    optimizer: str = option("adamw", "adamw | adam0 (Adam with beta1 = 0) | sgd", choices=OPTIMIZERS)
+    steps: str | None = option(None, "adaptation steps, or auto: hold each shot out in turn and take the number "
+                                     "of steps (0 to twice the recipe's) with the lowest held-out loss; needs "
+                                     "k >= 2 and costs about k times the adaptation",
+                               default_text="the start's recipe, else 7")
+    lr: float | None = option(None, "adaptation learning rate (steps above 1 diverged in every measurement)", gt=0,
+                              max=1, default_text="the start's recipe, else 5e-4")
+    optimizer: str | None = option(None, "adamw | adam0 (Adam with beta1 = 0) | sgd", choices=OPTIMIZERS,
+                                   default_text="the start's recipe, else adamw")
 
-    def inner(self) -> InnerConfig:
-        return InnerConfig(self.steps, self.lr, self.optimizer, self.weight_decay, self.grad_clip, self.micro_batch,
+    def plan(self, start: recipes.Recipe | None) -> recipes.Recipe:
+        """The recipe to adapt with: the start's (or the defaults), each flag given overriding its part.
+        A flag for the learning rate or the optimizer replaces learned rates by the plain ones."""
+        given = {k: v for k, v in (("lr", self.lr), ("optimizer", self.optimizer)) if v is not None}
+        steps = self.steps_value()
+        if steps == "auto":
+            given["auto"] = True
+        elif steps is not None:
+            given.update(steps=steps, auto=False)
+        plan = replace(start or DEFAULT, **given)
+        if "lr" in given or "optimizer" in given:
+            plan = replace(plan, learned_lr=None, rates={})
+        if given:
+            flags = ", ".join(f"--{k} {getattr(self, k)}" for k in ("steps", "lr", "optimizer") if getattr(self, k) is not None)
+            plan = replace(plan, chosen_by=f"{plan.chosen_by}, with {flags}")
+        return plan
+
+    def steps_value(self) -> int | str | None:
+        if self.steps is None or str(self.steps) == "auto":
+            return self.steps
+        try:
+            steps = int(str(self.steps))
+        except ValueError:
+            raise UserError(f"--steps: expected a number of steps or auto, got {self.steps!r}") from None
+        if steps < 0:
+            raise UserError(f"--steps must be >= 0 (got {steps})")
+        return steps
+
+    def inner(self, plan: recipes.Recipe) -> InnerConfig:
+        return InnerConfig(plan.steps, plan.lr, plan.optimizer, self.weight_decay, self.grad_clip, self.micro_batch,
                            grad_checkpoint=self.grad_checkpoint)
 
 
@@ -32,8 +77,9 @@ class AdaptOptions(StepOptions):
 class AdaptConfig(models.ModelOptions, adapters.LoraOptions, AdaptOptions):
     task: str | None = option(None, "task name or folder", required=True)
     shots: int | None = option(None, "k training examples to adapt on; 0 = no adaptation", min=0, required=True)
-    adapters: str | None = option(None, "the start: a meta-learned (or any mlx-lm LoRA) adapters folder; "
-                                        "LoRA options apply only without it", default_text="the standard LoRA start")
+    adapters: str | None = option(None, "the start: a meta-learned (or any mlx-lm LoRA) adapters folder or hub "
+                                        "repo id; LoRA options apply only without it",
+                                  default_text="the standard LoRA start")
     max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16)
     seed: int = option(0, "which shots are drawn, and the standard start's A", min=0)
     out: str = option("runs/adapted", "output folder for the adapted adapters")
@@ -55,16 +101,56 @@ def shots_of(base: models.Base, task: tasks.Task, k: int, seed: int, max_length:
     return episodes.draw_shots(train, k, seed, task.name)
 
 
-def fine_tune(base: models.Base, shots: list[prompts.Tokenized], cfg: AdaptConfig) -> list[float]:
-    """k-shot fine-tuning of the adapters now in the model; the per-step losses."""
+def adapt_with(inner: InnerLoop, shots, plan: recipes.Recipe, steps: int | None = None) -> list[float]:
+    """`steps` (the plan's by default) of the plan's inner loop from the adapters in the model."""
+    steps = plan.steps if steps is None else steps
+    if plan.learned_lr:
+        return inner.sgd_steps(inner.weights(), shots, plan.rate, steps).losses
+    inner.reset_optimizer()
+    return inner.adapt(shots, steps)
+
+
+def auto_steps(inner: InnerLoop, shots, plan: recipes.Recipe, most: int) -> tuple[int, list[float]]:
+    """Leave one shot out at a time: adapt on the others for up to `most` steps, the held-out shot's
+    loss after each (0 steps included). The number of steps with the lowest mean held-out loss, and
+    those means."""
+    if len(shots) < 2:
+        raise UserError("--steps auto holds shots out to choose: it needs --shots 2 or more")
+    start = inner.weights()
+    held_out = np.zeros(most + 1)
+    for j in range(len(shots)):
+        rest, held = shots[:j] + shots[j + 1:], [shots[j]]
+        inner.set_weights(start)
+        inner.reset_optimizer()
+        held_out[0] += inner.loss(held)
+        for t in range(1, most + 1):
+            if plan.learned_lr:
+                inner.sgd_steps(inner.weights(), rest, lambda _, t=t: plan.rate(t - 1), 1)
+            else:
+                inner.adapt(rest, 1)
+            held_out[t] += inner.loss(held)
+    inner.set_weights(start)
+    means = (held_out / len(shots)).tolist()
+    return int(np.argmin(means)), means
+
+
+def fine_tune(inner: InnerLoop, shots, plan: recipes.Recipe, quiet: bool = True) -> tuple[list[float], int]:
+    """k-shot fine-tuning of the adapters now in the model: (per-step losses, steps taken)."""
     if not shots:
-        return []
-    inner = InnerLoop(base.model, cfg.inner(), episodes.buckets(cfg.max_length))
-    return inner.adapt(shots)
+        return [], 0
+    steps = plan.steps
+    if plan.auto:
+        t0 = time.perf_counter()
+        steps, means = auto_steps(inner, shots, plan, 2 * plan.steps)
+        if not quiet:
+            print(f"--steps auto: {steps} steps (mean held-out loss after 0..{len(means) - 1} steps: "
+                  f"{', '.join(f'{m:.3f}' for m in means)}; {time.perf_counter() - t0:.1f} s for {len(shots)} folds)")
+    return adapt_with(inner, shots, plan, steps), steps
 
 
 def run(cfg: AdaptConfig) -> Path:
     options.check(cfg)
+    cfg.steps_value()
     cfg.adapters = hub.adapters_folder(cfg.adapters)  # a hub repo id is downloaded into the hub cache
     task = tasks.load(cfg.task)  # fail on a bad task, or an --out that cannot be written, before any work
     if cfg.shots:
@@ -72,25 +158,30 @@ def run(cfg: AdaptConfig) -> Path:
     if cfg.adapters:
         adapters.read_config(cfg.adapters)
         adapters.read_weights(cfg.adapters)
+    plan = cfg.plan(recipes.read(cfg.adapters))
+    if plan.auto and cfg.shots == 1:
+        raise UserError("--steps auto holds shots out to choose: it needs --shots 2 or more")
     with claimed(cfg.out):
-        return _run(cfg, task)
+        return _run(cfg, task, plan)
 
 
-def _run(cfg: AdaptConfig, task: tasks.Task) -> Path:
+def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe) -> Path:
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     if cfg.adapters:
         hub.check_base(cfg.adapters, base)
     lora = start(base, cfg)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters) if cfg.adapters else 'the standard LoRA start (B = 0)'}")
+        print(f"recipe: {plan.describe()} ({plan.chosen_by})")
     shots = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else []
-    losses = fine_tune(base, shots, cfg)
+    inner = InnerLoop(base.model, cfg.inner(plan), episodes.buckets(cfg.max_length)) if shots else None
+    losses, steps = fine_tune(inner, shots, plan, cfg.quiet)
     if losses and not cfg.quiet:
         print(f"adapted on {cfg.shots} shots of {task.name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     out = adapters.save(base.model, lora, cfg.out, extra={
-        "start": cfg.adapters or "standard", "start_learner": adapters.learner_of(cfg.adapters), "task": task.name, "shots": cfg.shots, "seed": cfg.seed,
-        "steps": cfg.steps if cfg.shots else 0, "lr": cfg.lr, "losses": losses, "base_model": base.name,
-        "base_model_id": hub.base_id(base.name, base.path)})
+        "start": cfg.adapters or "standard", "start_learner": adapters.learner_of(cfg.adapters), "task": task.name,
+        "shots": cfg.shots, "seed": cfg.seed, "steps": steps, "recipe": {**recipes.as_dict(plan), "steps": steps},
+        "losses": losses, "base_model": base.name, "base_model_id": hub.base_id(base.name, base.path)})
     if not cfg.quiet:
         print(f"adapters: {out}")
     return out

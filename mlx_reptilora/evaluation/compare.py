@@ -20,11 +20,12 @@ from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
 from . import evaluate
-from .adapt import AdaptOptions
+from ..meta import recipe as recipes
+from .adapt import AdaptOptions, fine_tune
 
 SYSTEMS = ("lora", "reptilora", "in-context")  # "reptilora": the meta-learned start, whatever its learner
 LABELS = {"lora": "LoRA", "reptilora": "ReptiLoRA", "in-context": "In-context"}
-META_LABELS = {"reptile": "ReptiLoRA", "fomaml": "FOMAML start", "maml": "MAML start"}
+META_LABELS = {"reptile": "ReptiLoRA", "fomaml": "FOMAML start", "maml": "MAML start", "meta-sgd": "Meta-SGD start"}
 
 
 def label(system: str, learner: str | None = "reptile") -> str:
@@ -57,6 +58,7 @@ def _cells(cfg: CompareConfig):
 
 def run(cfg: CompareConfig) -> dict:
     options.check(cfg)
+    cfg.steps_value()
     cfg.adapters = hub.adapters_folder(cfg.adapters)
     with claimed(cfg.out):
         return _run(cfg)
@@ -74,7 +76,10 @@ def _run(cfg: CompareConfig) -> dict:
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    inner = InnerLoop(base.model, cfg.inner(), episodes.buckets(cfg.max_length))
+    # The meta start is adapted with its recipe, LoRA with the defaults; flags override both.
+    plans = {"reptilora": cfg.plan(recipes.read(cfg.adapters)), "lora": cfg.plan(None)}
+    inners = {s: InnerLoop(base.model, cfg.inner(p), episodes.buckets(cfg.max_length))
+              for s, p in plans.items() if s in cfg.systems}
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]
              for n, t in loaded.items()}
@@ -85,18 +90,21 @@ def _run(cfg: CompareConfig) -> dict:
     out = Path(cfg.out)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters)}")
+        for s in inners:
+            print(f"{label(s, learner)} adapts with: {plans[s].describe()} ({plans[s].chosen_by})")
     cells = list(_cells(cfg))
     progress = Progress(len(cells), quiet=cfg.quiet)
     rows = []
     for i, (name, k, system) in enumerate(cells):
         task = loaded[name]
         predictions, references = [], []
+        steps = []  # per draw: --steps auto chooses per draw
         for d in range(cfg.draws if k else 1):
             seed = cfg.seed + d
             adapters.set_weights(base.model, meta if system == "reptilora" else standard)
             if k and system != "in-context":
-                inner.reset_optimizer()
-                inner.adapt(episodes.draw_shots(train[name], k, seed, name))
+                _, taken = fine_tune(inners[system], episodes.draw_shots(train[name], k, seed, name), plans[system])
+                steps.append(taken)
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,
                                        in_context=k if system == "in-context" else 0,
@@ -105,7 +113,8 @@ def _run(cfg: CompareConfig) -> dict:
             predictions += [p["prediction"] for p in result["_predictions"]]
             references += [p["reference"] for p in result["_predictions"]]
         row = {"task": name, "system": system, "shots": k, "draws": cfg.draws if k else 1,
-               "n": len(predictions), **evaluate.rouge(predictions, references, cfg.seed)}
+               "n": len(predictions), **evaluate.rouge(predictions, references, cfg.seed),
+               **({"steps": steps} if steps else {})}
         rows.append(row)
         (out / "predictions").mkdir(exist_ok=True)
         atomic_write_text(out / "predictions" / f"{name}-{system}-{k}shot.jsonl",
@@ -115,7 +124,8 @@ def _run(cfg: CompareConfig) -> dict:
     if "lora" in cfg.systems and "in-context" in cfg.systems:
         rows += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
                  for r in rows if r["system"] == "lora" and r["shots"] == 0]
-    result = {"config": options.to_dict(cfg), "start_learner": learner, "rows": rows}
+    result = {"config": options.to_dict(cfg), "start_learner": learner, "rows": rows,
+              "recipes": {s: recipes.as_dict(p) for s, p in plans.items() if s in inners}}
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     table = markdown_table(rows, cfg, learner)
     atomic_write_text(out / "table.md", table)

@@ -55,6 +55,17 @@ class StepOptions:
                                           "~30% slower")
 
 
+@dataclass
+class Trajectory:
+    """The inner steps of a task: φ_t, ∇L_S(φ_t), the RNG seed and the loss of each step, and φ_T."""
+
+    states: list[dict]
+    grads: list[dict]
+    seeds: list[int | None]
+    losses: list[float]
+    final: dict
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, value: float, where: str = "inner loss"):
         super().__init__(f"non-finite {where} ({value})")
@@ -314,6 +325,32 @@ class InnerLoop:
             self.reset_optimizer()
         losses = self.adapt(support, rng=rng)
         return self.weights(), losses
+
+    def sgd_steps(self, theta: dict, support, lrs, steps: int, replay: bool = False) -> Trajectory:
+        """`steps` plain SGD steps from θ, φ_{t+1} = φ_t − lr_t ⊙ ∇L_S(φ_t), written out rather than
+        left to an optimizer so that they can be differentiated (MAML) and their learning rates
+        learned (Meta-SGD, MAML++): `lrs(t)` gives step t's rate per tensor ({name: scalar or array})
+        or one float. With `replay`, each step draws its dropout masks from a seed of its own, kept
+        in the trajectory for the backward pass to draw them again. No clipping, no weight decay."""
+        batches = self.batches(support)
+        out = Trajectory([], [], [], [], theta)
+        phi = theta
+        for t in range(steps):
+            seed = int(mx.random.randint(0, 2**31 - 1, ()).item()) if replay else None
+            if seed is not None:
+                mx.random.seed(seed)
+            self.set_weights(phi)
+            loss, grad = self.gradient(batches)
+            lr = lrs(t)
+            out.states.append(phi)
+            out.grads.append(grad)
+            out.seeds.append(seed)
+            out.losses.append(loss)
+            phi = {k: phi[k] - (lr[k] if isinstance(lr, dict) else lr) * grad[k] for k in phi}
+            mx.eval(phi)
+        out.final = phi
+        self.set_weights(phi)
+        return out
 
     def loss(self, examples) -> float:
         """Mean token loss on `examples` (dropout off), without touching the adapters."""

@@ -57,6 +57,7 @@ class Learner:
 
     def __init__(self, cfg, episodes: int, world: World | None = None):
         self.cfg, self.episodes, self.world = cfg, episodes, world or World()
+        self.t = 0  # the episode being taken (annealed options read it)
 
     def task(self, theta: dict, episode, inner: InnerLoop, rng=None) -> TaskResult:
         raise NotImplementedError
@@ -77,6 +78,7 @@ class Learner:
 
     def step(self, theta: dict, batch: list, inner: InnerLoop, t: int) -> StepResult:
         """One meta-step over this process's share of the meta-batch (all of it, when alone)."""
+        self.t = t
         results, failed = [], None
         for episode in batch:
             mx.random.seed(task_seed(self.cfg.seed, episode.index))
@@ -105,19 +107,42 @@ class Learner:
         """What made a start: recorded in meta.json and the adapters' config."""
         return {"learner": self.name}
 
+    def recipe(self) -> dict:
+        """How a start from this learner is adapted: the inner loop it was meta-trained with."""
+        return {"learner": self.name, "optimizer": self.cfg.inner_optimizer, "steps": self.cfg.inner_steps,
+                "lr": self.cfg.inner_lr, "learned_lr": None}
+
+    def learned(self) -> dict:
+        """Learned inner learning rates, if this learner learns them ({name: array})."""
+        return {}
+
 
 @dataclass
 class OuterOptions:
-    outer_lr: float = option(3e-4, "fomaml, maml: learning rate of the outer Adam on θ", gt=0, max=1)
+    outer_lr: float = option(3e-4, "fomaml, maml, meta-sgd: learning rate of the outer Adam on θ (and learned rates)", gt=0, max=1)
 
 
 class GradientLearner(Learner):
     """Learners whose task contribution is a meta-gradient: θ ← Adam(θ, mean_j g_j), with Adam's own
-    learning rate (--outer-lr) and its moments carried across episodes (and checkpoints)."""
+    learning rate (--outer-lr) and its moments carried across episodes (and checkpoints). Learners
+    that also learn their inner learning rates (Meta-SGD, LSLR) keep them beside θ: their gradients
+    arrive as "lr:<name>" entries of the contribution, and the same Adam steps them."""
 
     def __init__(self, cfg, episodes: int, world: World | None = None):
         super().__init__(cfg, episodes, world)
         self.outer = optim.Adam(learning_rate=cfg.outer_lr, bias_correction=True)
+        self.rates: dict = {}
+
+    def init_learned(self, theta: dict) -> dict:
+        return {}
+
+    def learned_rates(self, theta: dict) -> dict:
+        if not self.rates:
+            self.rates = self.init_learned(theta)
+        return self.rates
+
+    def learned(self) -> dict:
+        return self.rates
 
     def tokens(self, episode) -> int:
         return super().tokens(episode) + _tokens(episode.query)  # and one pass over the query set
@@ -126,11 +151,13 @@ class GradientLearner(Learner):
         norm = sum((g * g).sum() for g in mean.values())
         if not mx.isfinite(norm).item():
             raise NonFiniteLoss(float(norm), "meta-gradient")  # before Adam's moments take it in
-        return self.outer.apply_gradients(mean, theta)
+        new = self.outer.apply_gradients(mean, {**theta, **{"lr:" + k: v for k, v in self.rates.items()}})
+        self.rates = {k[3:]: v for k, v in new.items() if k.startswith("lr:")}
+        return {k: new[k] for k in theta}
 
     def state(self) -> dict[str, mx.array]:
         # θ's names hold dots, so Adam's per-parameter slots are keyed "slot:name", not nested.
-        out = {}
+        out = {f"rate:{k}": v for k, v in self.rates.items()}
         for k, v in self.outer.state.items():
             if isinstance(v, dict):
                 out.update({f"{slot}:{k}": x for slot, x in v.items()})
@@ -140,8 +167,11 @@ class GradientLearner(Learner):
 
     def load_state(self, state: dict[str, mx.array]) -> None:
         restored: dict = {}
+        self.rates = {k[len("rate:"):]: v for k, v in state.items() if k.startswith("rate:")}
         for k, v in state.items():
             slot, sep, name = k.partition(":")
+            if slot == "rate":
+                continue
             if sep:
                 restored.setdefault(name, {})[slot] = v
             else:

@@ -28,15 +28,17 @@ from ..model import adapters, backend, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
-from . import checkpoint
+from . import checkpoint, recipe
 from .distributed import RankLost, World
 from .fomaml import FOMAML
 from .inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, NonFiniteLoss, StepOptions
 from .learner import Learner, OuterOptions
 from .maml import MAML, MamlOptions
+from .metasgd import MetaSGD
 from .reptile import Reptile, ReptileOptions
 
-LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "fomaml": FOMAML, "maml": MAML}
+LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "fomaml": FOMAML, "maml": MAML, "meta-sgd": MetaSGD}
+SGD_LEARNERS = ("maml", "meta-sgd")  # their inner steps are differentiated: plain SGD
 
 # What may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_checkpoints", "eval_every",
@@ -46,9 +48,10 @@ RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_ch
 @dataclass
 class EpisodeOptions:
     learner: str = option("reptile", "the meta-learner: reptile (the paper), fomaml (first-order MAML, "
-                                     "MeTA-LoRA's rule; ~1.2x Reptile's time) or maml (second order: ~4-5x "
+                                     "MeTA-LoRA's rule; ~1.2x Reptile's time), maml (second order: ~4-5x "
                                      "Reptile's time, linear in --inner-steps; 1.75x (7B) to 3.3x (135M) its "
-                                     "memory, flat in --inner-steps; README)", choices=tuple(LEARNERS))
+                                     "memory, flat in --inner-steps; README) or meta-sgd (maml with a learned "
+                                     "inner learning rate per element)", choices=tuple(LEARNERS))
     tasks: list[str] = option(list(tasks.OFFLINE_TASKS), "comma-separated task names or folders")
     task_weights: list[float] | None = option(None, "comma-separated sampling weights, one per task", min=0,
                                               default_text="uniform")
@@ -61,7 +64,7 @@ class EpisodeOptions:
     inner_lr: float | None = option(None, "inner learning rate (steps above 1 diverged in every measurement)", gt=0,
                                     max=1, default_text="5e-4 for adamw/adam0, 0.1 for sgd")
     inner_optimizer: str | None = option(None, "adamw | adam0 (Adam with beta1 = 0, as in Reptile) | sgd",
-                                         choices=OPTIMIZERS, default_text="adamw; sgd for maml")
+                                         choices=OPTIMIZERS, default_text="adamw; sgd for maml and meta-sgd")
     inner_batch: int | None = option(None, "examples per inner step", min=1, default_text="the whole support set")
 
 
@@ -83,7 +86,7 @@ class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, Ou
     def __post_init__(self):
         # The inner optimizer and its learning rate default per learner: MAML needs plain SGD.
         if self.inner_optimizer is None:
-            self.inner_optimizer = "sgd" if self.learner == "maml" else "adamw"
+            self.inner_optimizer = "sgd" if self.learner in SGD_LEARNERS else "adamw"
         if self.inner_lr is None:
             self.inner_lr = 0.1 if self.inner_optimizer == "sgd" else 5e-4
 
@@ -93,9 +96,15 @@ class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, Ou
 
     def validate(self) -> None:
         options.check(self)
-        if self.learner == "maml" and self.inner_optimizer != "sgd":
-            raise UserError("--learner maml differentiates through plain SGD inner steps: leave --inner-optimizer "
-                            "unset or pass sgd")
+        if self.learner in SGD_LEARNERS and self.inner_optimizer != "sgd":
+            raise UserError(f"--learner {self.learner} differentiates through plain SGD inner steps: leave "
+                            f"--inner-optimizer unset or pass sgd")
+        if self.lslr and self.learner != "maml":
+            raise UserError("--lslr is MAML's (meta-sgd learns a rate per element already)")
+        for flag, value in (("--multi-step-loss", self.multi_step_loss),
+                            ("--first-order-episodes", self.first_order_episodes), ("--first-order", self.first_order)):
+            if value and self.learner not in SGD_LEARNERS:
+                raise UserError(f"{flag} applies to --learner maml or meta-sgd (their SGD inner steps)")
         if self.learner != "reptile" and self.query < 1:
             raise UserError(f"--learner {self.learner} trains on the query loss after adaptation: --query must be >= 1")
         if self.learner != "reptile" and not self.reset_optimizer:
@@ -345,6 +354,7 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool) -> Pat
             "meta_learned": s.learner.name, "learner": s.learner.describe(), "episodes": cfg.episodes,
             "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
             "base_model": s.base.name, "base_model_id": hub.base_id(s.base.name, s.base.path), "seed": cfg.seed})
+        recipe.write(out, s.learner.recipe(), s.learner.learned())
         progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
 

@@ -1,0 +1,74 @@
+"""The adaptation recipe a start carries: how it should be adapted to a new task.
+
+A start folder keeps mlx-lm's two files unchanged (adapters.safetensors, adapter_config.json) and
+adds `recipe.json` (learner, optimizer, steps, learning rate, and how they were chosen) and, for
+learners that learn their inner learning rates, `learned_lr.safetensors`. `adapt` and `compare`
+adapt a start with its recipe unless flags say otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+
+from ..errors import UserError
+from ..paths import atomic_write, atomic_write_text
+
+RECIPE = "recipe.json"
+LEARNED = "learned_lr.safetensors"
+
+
+@dataclass
+class Recipe:
+    learner: str
+    optimizer: str  # adamw | adam0 | sgd
+    steps: int
+    lr: float  # the scalar rate (the learned ones' starting value when learned_lr is set)
+    learned_lr: str | None = None  # None, "per tensor and step" (LSLR) or "per element" (Meta-SGD)
+    chosen_by: str = "the meta-training settings"
+    auto: bool = False  # choose 0 to 2 x steps by holding shots out (adapt --steps auto)
+    rates: dict = field(default_factory=dict, repr=False)  # the learned rates, from learned_lr.safetensors
+
+    def rate(self, t: int):
+        """Step t's learning rate: one float, or {name: scalar or array} when learned."""
+        if not self.learned_lr:
+            return self.lr
+        if self.learned_lr == "per tensor and step":
+            return {k: v[min(t, v.shape[0] - 1)] for k, v in self.rates.items()}
+        return self.rates
+
+    def describe(self) -> str:
+        lr = f"learned learning rates ({self.learned_lr})" if self.learned_lr else f"lr {self.lr:g}"
+        steps = f"0 to {2 * self.steps} steps, chosen on held-out shots" if self.auto else f"{self.steps} steps"
+        return f"{self.optimizer}, {steps}, {lr}"
+
+
+def write(folder: str | Path, recipe: dict, rates: dict) -> None:
+    folder = Path(folder)
+    if rates:
+        atomic_write(folder / LEARNED, lambda p: mx.save_safetensors(p, rates))
+    atomic_write_text(folder / RECIPE, json.dumps({k: v for k, v in recipe.items()}, indent=2))
+
+
+def read(folder: str | Path | None) -> Recipe | None:
+    """The recipe of a start folder, or None when it has none (a plain LoRA, an older start)."""
+    if not folder or not (Path(folder) / RECIPE).exists():
+        return None
+    path = Path(folder) / RECIPE
+    try:
+        raw = json.loads(path.read_text())
+        recipe = Recipe(**{k: raw[k] for k in ("learner", "optimizer", "steps", "lr")},
+                        learned_lr=raw.get("learned_lr"), chosen_by=raw.get("chosen_by", "the meta-training settings"),
+                        auto=bool(raw.get("auto", False)))
+        if recipe.learned_lr:
+            recipe.rates = mx.load(str(Path(folder) / LEARNED))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"the recipe of {folder} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+    return recipe
+
+
+def as_dict(recipe: Recipe) -> dict:
+    return {k: v for k, v in asdict(recipe).items() if k != "rates"}
