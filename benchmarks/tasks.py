@@ -25,7 +25,7 @@ def main():
     tokenizer = load_tokenizer(models.resolve(None))
     fmt = prompts.PromptFormat.for_tokenizer(tokenizer)
     t0 = time.perf_counter()
-    loaded = [tasks.load(n) for n in tasks.OFFLINE_TASKS]
+    loaded = [tasks.load(n) for n in tasks.DEFAULT_TASKS]
     t1 = time.perf_counter()
     prepared = [episodes.prepare(t, tokenizer, fmt, args.max_length, splits=tasks.SPLITS) for t in loaded]
     t2 = time.perf_counter()

@@ -79,7 +79,7 @@ def push(start: str = typer.Argument(..., help="a meta-learned start (adapters f
 def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (its tokenizer is used)"),
                max_length: int = typer.Option(512, help="truncate documents to fit this many tokens"),
                include_hub: bool = typer.Option(False, "--hub", help="also try the paper's hub corpora (network)")):
-    """List the available tasks with split sizes and token statistics."""
+    """List the tasks: group, split sizes and token statistics, then each one's source and licence."""
     import numpy as np
     from mlx_lm.utils import load_tokenizer
 
@@ -87,8 +87,9 @@ def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (it
     from .model import models
 
     tokenizer = load_tokenizer(models.resolve(model))
-    fmt = prompts.PromptFormat.for_tokenizer(tokenizer)
-    typer.echo(f"{'task':<18} {'train':>6} {'valid':>6} {'test':>6}   doc tokens p50/p95   summary tokens p50/p95   truncated@{max_length}")
+    typer.echo(f"{'task':<18} {'group':<22} {'train':>6} {'valid':>6} {'test':>6}   doc tokens p50/p95   "
+               f"summary tokens p50/p95   truncated@{max_length}")
+    sources = []
     for name in tasks.available():
         if name not in tasks.OFFLINE_TASKS and not include_hub:
             typer.echo(f"{name:<18} {'(hub corpus: needs network; list with --hub)'}")
@@ -98,14 +99,19 @@ def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (it
         except UserError as e:
             typer.echo(f"{name:<18} unavailable: {e}")
             continue
+        sources.append(f"{name:<18} {task.licence or '?':<24} {task.source}")
         exs = [e for split in task.splits.values() for e in split]
         doc = np.array([len(x) for x in tokenizer._tokenizer([e.document for e in exs], add_special_tokens=False)["input_ids"]])
         summ = np.array([len(x) for x in tokenizer._tokenizer([e.summary for e in exs], add_special_tokens=False)["input_ids"]])
+        fmt = prompts.PromptFormat.for_tokenizer(tokenizer, task.instruction)
         cut = sum(t.truncated for t in prompts.tokenize(fmt, tokenizer, exs, max_length) if t)
         sizes = [len(task.splits.get(s, [])) for s in tasks.SPLITS]
-        typer.echo(f"{name:<18} {sizes[0]:>6} {sizes[1]:>6} {sizes[2]:>6}   "
+        typer.echo(f"{name:<18} {task.group or '-':<22} {sizes[0]:>6} {sizes[1]:>6} {sizes[2]:>6}   "
                    f"{np.median(doc):>8.0f} / {np.percentile(doc, 95):<8.0f}   "
                    f"{np.median(summ):>12.0f} / {np.percentile(summ, 95):<8.0f}   {cut:>6}")
+    typer.echo(f"\n{'task':<18} {'licence':<24} source")
+    for line in sources:
+        typer.echo(line)
 
 
 def _command(name: str, cls, run, doc: str) -> None:

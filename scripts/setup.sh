@@ -6,17 +6,22 @@ TEST=0; [ "${1:-}" = "--test" ] && TEST=1
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-# MLX's Linux CPU wheel links a reference BLAS (~5 GFLOP/s fp32 matmul); mlx_reptilora preloads a
-# system OpenBLAS instead (~20x faster). Install it where we may; otherwise say how.
-if [ "$(uname -s)" = Linux ] && ! ls /usr/lib/*/openblas-pthread/libopenblas.so.0 /usr/lib*/libopenblas*.so.0 >/dev/null 2>&1; then
+# Debian packages, where we may install them: a system OpenBLAS (MLX's Linux CPU wheel links a
+# reference BLAS, ~5 GFLOP/s fp32 matmul; mlx_reptilora preloads OpenBLAS instead, ~20x faster) and
+# the corpora of the offline task pool (`mlx-reptilora tasks` lists which task needs which).
+DEBIAN=(libopenblas0-pthread wordnet-base dict-foldoc dict-jargon manpages-dev)
+if [ "$(uname -s)" = Linux ] && command -v dpkg-query >/dev/null; then
+  missing=(); for p in "${DEBIAN[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   SUDO=""; [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && SUDO=sudo; } || true
-  if command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; then
-    echo "setup: installing OpenBLAS (libopenblas0-pthread) for MLX's CPU backend"
-    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
-  else
-    echo "setup: no OpenBLAS found; MLX will use its slow reference BLAS on CPU." >&2
-    echo "       Debian/Ubuntu: apt-get install libopenblas0-pthread; Fedora: dnf install openblas" >&2
+  if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; then
+    echo "setup: installing ${missing[*]} (apt-get)"
+    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  elif [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: not installed: ${missing[*]} (apt-get install ${missing[*]}): without OpenBLAS MLX uses" >&2
+    echo "       its slow reference BLAS on CPU; without the others their offline tasks are unavailable" >&2
   fi
+elif [ "$(uname -s)" = Linux ] && ! ls /usr/lib*/libopenblas*.so.0 >/dev/null 2>&1; then
+  echo "setup: no OpenBLAS found (Fedora: dnf install openblas); the Debian-packaged corpora are unavailable" >&2
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -53,5 +53,5 @@ def test_tasks_lists_offline_tasks_with_stats(bundled_dir):
     r = run("tasks")
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if line.startswith("aclsum-title"))
-    assert row.split()[1:4] == ["100", "50", "100"]
+    assert row.split()[1:5] == ["aclsum", "100", "50", "100"]
     assert "pydoc" in r.stdout and "xsum" in r.stdout

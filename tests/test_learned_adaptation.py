@@ -15,7 +15,7 @@ from mlx_reptilora.meta import recipe as recipes
 from mlx_reptilora.meta import train
 from mlx_reptilora.meta.maml import msl_weights
 from mlx_reptilora.model import adapters, models
-from tests.test_learners import episode_of, learner_and_loop, maml_meta_loss, nudged
+from tests.test_learners import episode_of, learner_and_loop, nudged
 from tests.test_meta_train import kill_9_then_resume
 
 

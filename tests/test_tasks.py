@@ -211,3 +211,56 @@ def test_hub_table_is_overridable():
     table = cfg.hub_table()
     assert table["xsum"].repo == "me/xsum-mirror" and table["xsum"].document == "document"
     assert table["mine"].summary == "tldr" and "mine" in tasks.available(cfg)
+
+
+# ---- the offline pool ------------------------------------------------------------------------------
+
+def test_the_pool_has_at_least_15_tasks_in_at_least_5_independent_groups():
+    assert len(tasks.OFFLINE) >= 15
+    groups = tasks.groups(list(tasks.OFFLINE))
+    assert len(groups) >= 5 and groups["aclsum"] == ["aclsum-challenge", "aclsum-approach", "aclsum-outcome",
+                                                     "aclsum-title"]
+    assert tasks.groups(["foldoc-name", "jargon-name", "my/folder"]) == {
+        "computing-dictionaries": ["foldoc-name", "jargon-name"], "my/folder": ["my/folder"]}
+    # instructions and output forms vary: one-line summaries, titles, definitions, names
+    assert len({spec.instruction for spec in tasks.OFFLINE.values()}) >= 10
+
+
+@pytest.mark.parametrize("name", [n for n in tasks.OFFLINE if n not in tasks.DEFAULT_TASKS])
+def test_each_new_task_loads_with_its_source_licence_and_disjoint_stable_splits(name):
+    task = tasks.load(name)
+    assert task.source and task.licence and task.group and task.instruction
+    sizes = {s: len(v) for s, v in task.splits.items()}
+    assert sizes["train"] >= 300 and sizes["valid"] >= 30 and sizes["test"] >= 30, sizes
+    ids = [{e.id for e in task.splits[s]} for s in tasks.SPLITS]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert all(e.document.strip() and e.summary.strip() for v in task.splits.values() for e in v)
+    again = tasks.load(name)  # from the cache now
+    assert again.splits == task.splits
+    if name.endswith("-name"):  # the answer is hidden from the question
+        import re
+
+        leaks = sum(bool(re.search(rf"(?<![\w-]){re.escape(e.summary)}(?![\w-])", e.document, re.IGNORECASE))
+                    for e in task.splits["train"])
+        assert leaks <= 0.02 * len(task.splits["train"]), leaks
+
+
+def test_a_corpus_that_is_not_installed_is_one_line(tmp_path, monkeypatch):
+    from mlx_reptilora.data.corpora import wordnet
+
+    monkeypatch.setenv("MLX_REPTILORA_CACHE", str(tmp_path))
+    monkeypatch.setattr(wordnet, "ROOT", tmp_path / "no-wordnet")
+    with pytest.raises(UserError, match=r"WordNet is not installed .*apt-get install wordnet-base"):
+        tasks.load("wordnet-name")
+
+
+def test_no_task_reads_debian_package_descriptions():
+    """They are kept for evaluation: no corpus may open the archive's package lists or dpkg's status."""
+    from pathlib import Path
+
+    import mlx_reptilora.data.corpora as corpora_pkg
+
+    for path in Path(corpora_pkg.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for forbidden in ("/var/lib/apt/lists", "dpkg/status", "apt-cache", "Packages.gz", "Packages.xz"):
+            assert forbidden not in text, (path.name, forbidden)

@@ -24,8 +24,11 @@ class TokenizedTask:
     truncated: int  # examples whose document was cut to fit
 
 
-def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat, max_length: int,
+def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat | None, max_length: int,
             splits: tuple[str, ...] = ("train", "valid")) -> TokenizedTask:
+    """Tokenized splits of a task, prompted with its own instruction (`fmt` is reused when it has it)."""
+    if fmt is None or fmt.instruction != task.instruction:
+        fmt = prompts.PromptFormat.for_tokenizer(tokenizer, task.instruction)
     out, dropped, truncated = {}, 0, 0
     for split in splits:
         toks = prompts.tokenize(fmt, tokenizer, task.splits.get(split, []), max_length)

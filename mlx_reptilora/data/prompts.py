@@ -32,6 +32,7 @@ class PromptFormat:
     suffix: list[int]
     eos: int
     bos: int | None
+    instruction: str = INSTRUCTION
 
     @classmethod
     def for_tokenizer(cls, tokenizer, instruction: str = INSTRUCTION) -> PromptFormat:
@@ -48,7 +49,8 @@ class PromptFormat:
             tokenizer.bos_token or "\x01")
         plain = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
         eos = tokenizer.eos_token_id
-        return cls(([bos] if adds_bos else []) + plain(before), plain(after), eos, bos if adds_bos else None)
+        return cls(([bos] if adds_bos else []) + plain(before), plain(after), eos, bos if adds_bos else None,
+                   instruction)
 
 
 def tokenize(fmt: PromptFormat, tokenizer, examples: list[Example], max_length: int,

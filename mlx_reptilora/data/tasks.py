@@ -1,6 +1,7 @@
-"""Tasks: named sets of (document, summary) pairs with fixed train / valid / test splits.
+"""Tasks: named sets of (document, summary) pairs with fixed train / valid / test splits, an
+instruction, and the group of tasks that share their source documents.
 
-A task name is one of the offline tasks (aclsum-*, pydoc), one of the paper's hub corpora (network
+A task name is one of the offline tasks (the pool below), one of the paper's hub corpora (network
 needed), or a path to a local folder of train/valid/test files (JSONL, CSV or Parquet)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from ..errors import UserError
 from ..paths import cache_dir
@@ -17,7 +18,74 @@ from . import corpora
 from .examples import Example
 
 SPLITS = ("train", "valid", "test")
-OFFLINE_TASKS = ("aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc")
+SUMMARIZE = "Summarize the following text in one or two sentences."  # the paper's instruction
+
+
+@dataclass(frozen=True)
+class Offline:
+    """A task of the offline pool: where its data comes from, under which licence, and how to ask."""
+
+    name: str
+    group: str  # tasks of one group share source documents: leave-one-out leaves the group out
+    instruction: str
+    source: str
+    licence: str
+    build: Callable[["TaskConfig"], dict]
+
+
+def _pool() -> dict[str, Offline]:
+    from .corpora import dictd, docstrings, manpages, wordnet
+
+    aclsum_src, python_src = "ACLSum papers (PyPI: aclsum)", "the running Python's standard library docstrings"
+    numpy_src, wn_src = "NumPy's docstrings (PyPI: numpy)", "WordNet 3.0 (Debian: wordnet-base)"
+    foldoc_src, jargon_src = "FOLDOC (Debian: dict-foldoc)", "the Jargon File 4.4.7 (Debian: dict-jargon)"
+    man_src = "Linux man-pages, sections 2 and 3 (Debian: manpages-dev)"
+    specs = [Offline(f"aclsum-{a}", "aclsum", SUMMARIZE, f"{aclsum_src}: abstract + introduction -> the {a} summary",
+                     "MIT", lambda cfg, a=a: corpora.aclsum(a, tuple(cfg.aclsum_sections)))
+             for a in corpora.ACLSUM_ASPECTS]
+    specs += [
+        Offline("aclsum-title", "aclsum", SUMMARIZE, f"{aclsum_src}: abstract -> title", "MIT",
+                lambda cfg: corpora.aclsum("title")),
+        Offline("pydoc", "python", SUMMARIZE, f"{python_src}: body -> first line", "PSF-2.0",
+                lambda cfg: corpora.pydoc(cache_dir() / "tasks")),
+        Offline("pydoc-name", "python", "Name the Python function, class or module this documentation describes.",
+                f"{python_src}: body (name hidden) -> name", "PSF-2.0",
+                lambda cfg: docstrings.as_names(corpora.pydoc(cache_dir() / "tasks"))),
+        Offline("numpy-doc", "numpy", "Write the one-line summary of this NumPy documentation.",
+                f"{numpy_src}: extended summary -> summary line", "BSD-3-Clause",
+                lambda cfg: {s: [Example(r["body"], r["summary"], r["id"]) for r in v]
+                             for s, v in docstrings.numpy_docstrings().items()}),
+        Offline("numpy-name", "numpy", "Name the NumPy function or class this documentation describes.",
+                f"{numpy_src}: extended summary (name hidden) -> name", "BSD-3-Clause",
+                lambda cfg: {s: [Example(docstrings.common.mask(r["body"], [r["name"]]), r["name"], r["id"])
+                                 for r in v] for s, v in docstrings.numpy_docstrings().items()}),
+        Offline("wordnet-define", "wordnet", "Define this word in one short phrase.", f"{wn_src}: word -> gloss",
+                "WordNet-3.0", lambda cfg: wordnet.define()),
+        Offline("wordnet-name", "wordnet", "Give the single word this definition describes.",
+                f"{wn_src}: gloss -> word", "WordNet-3.0", lambda cfg: wordnet.name()),
+        Offline("foldoc-name", "computing-dictionaries", "Name the computing term this entry defines.",
+                f"{foldoc_src}: definition (term hidden) -> term", "GFDL-1.1-or-later",
+                lambda cfg: dictd.naming("foldoc")),
+        Offline("foldoc-define", "computing-dictionaries", "Define this computing term in one sentence.",
+                f"{foldoc_src}: term -> first sentence of its definition", "GFDL-1.1-or-later",
+                lambda cfg: dictd.defining("foldoc")),
+        Offline("jargon-name", "computing-dictionaries", "Name the hacker-jargon word this entry explains.",
+                f"{jargon_src}: definition (word hidden) -> word", "public domain",
+                lambda cfg: dictd.naming("jargon")),
+        Offline("manpage-summary", "manpages", "Say in a few words what this C function or system call does.",
+                f"{man_src}: DESCRIPTION -> the NAME line's summary", "various free licences (GPL-2+, BSD, ...)",
+                lambda cfg: manpages.summaries()),
+        Offline("manpage-name", "manpages", "Name the C function or system call this description documents.",
+                f"{man_src}: DESCRIPTION (names hidden) -> name", "various free licences (GPL-2+, BSD, ...)",
+                lambda cfg: manpages.names()),
+    ]
+    return {s.name: s for s in specs}
+
+
+OFFLINE = _pool()
+OFFLINE_TASKS = tuple(OFFLINE)
+# The first five: the tasks of docs/RESULTS.md's paper experiment, and the defaults (PyPI data only).
+DEFAULT_TASKS = ("aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc")
 
 
 @dataclass
@@ -25,6 +93,9 @@ class Task:
     name: str
     splits: dict[str, list[Example]]
     source: str = ""
+    instruction: str = SUMMARIZE
+    group: str = ""
+    licence: str = ""
 
     def split(self, name: str) -> list[Example]:
         if not self.splits.get(name):
@@ -142,10 +213,16 @@ def _load_folder(path: Path, cfg: TaskConfig) -> Task:
 
 
 def _load_offline(name: str, cfg: TaskConfig) -> Task:
-    if name == "pydoc":
-        return Task(name, corpora.pydoc(cache_dir() / "tasks"), "python stdlib docstrings")
-    aspect = name.split("-", 1)[1]
-    return Task(name, corpora.aclsum(aspect, tuple(cfg.aclsum_sections)), "aclsum")
+    spec = OFFLINE[name]
+    return Task(name, spec.build(cfg), spec.source, spec.instruction, spec.group, spec.licence)
+
+
+def groups(names: list[str]) -> dict[str, list[str]]:
+    """The offline tasks by group, in pool order (a folder or hub task is a group of its own)."""
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(OFFLINE[n].group if n in OFFLINE else n, []).append(n)
+    return out
 
 
 def available(cfg: TaskConfig | None = None) -> list[str]:

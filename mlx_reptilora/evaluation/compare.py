@@ -38,7 +38,7 @@ def label(system: str, learner: str | None = "reptile") -> str:
 @dataclass
 class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
     adapters: str | None = option(None, "the meta-learned start (adapters folder)", required=True)
-    tasks: list[str] = option(list(tasks.OFFLINE_TASKS), "comma-separated tasks")
+    tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated tasks")
     shots: list[int] = option([0, 1, 5], "comma-separated shot counts", min=0)
     draws: int = option(3, "draws of the shots per k > 0, pooled into one interval", min=1)
     systems: list[str] = option(list(SYSTEMS), "which systems to compare", choices=SYSTEMS)

@@ -100,7 +100,7 @@ def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], c
     shots = (episodes.draw_shots(task.split("train"), cfg.in_context, cfg.seed, task.name, "--in-context")
              if cfg.in_context else [])
     length = cfg.in_context_length or cfg.max_length * (len(shots) + 1)
-    return prompts.in_context(base.tokenizer, shots, exs, length)
+    return prompts.in_context(base.tokenizer, shots, exs, length, task.instruction)
 
 
 def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:

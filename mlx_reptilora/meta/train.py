@@ -52,7 +52,7 @@ class EpisodeOptions:
                                      "Reptile's time, linear in --inner-steps; 1.75x (7B) to 3.3x (135M) its "
                                      "memory, flat in --inner-steps; README) or meta-sgd (maml with a learned "
                                      "inner learning rate per element)", choices=tuple(LEARNERS))
-    tasks: list[str] = option(list(tasks.OFFLINE_TASKS), "comma-separated task names or folders")
+    tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated task names or folders (mlx-reptilora tasks lists them)")
     task_weights: list[float] | None = option(None, "comma-separated sampling weights, one per task", min=0,
                                               default_text="uniform")
     episodes: int = option(500, "meta-training episodes (meta-steps)", min=1)

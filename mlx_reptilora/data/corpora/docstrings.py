@@ -1,5 +1,6 @@
-"""Real summarization data that works offline: ACLSum (the `aclsum` package) and the docstrings of
-the running Python's standard library. Each source returns {"train"|"valid"|"test": [Example]}."""
+"""Docstrings as tasks: the body of a PEP 257 docstring (a summary line, a blank line, then at least
+30 words) and its summary line, or the name of what it documents. Two independent corpora: the
+running Python's standard library (PSF licence) and NumPy's own Python sources (BSD-3-Clause)."""
 
 from __future__ import annotations
 
@@ -8,50 +9,17 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import sys
 import sysconfig
 from pathlib import Path
 
-from ..errors import UserError
-from .examples import Example
+from ...errors import UserError
+from ..examples import Example
+from . import common
 
-ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
-ACLSUM_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 PYDOC_MIN_WORDS = 30
-
-
-def _aclsum_dir() -> Path:
-    # find_spec, not import: the package's __init__ pulls `sienna`, which reading JSONL needs not.
-    spec = importlib.util.find_spec("aclsum")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the aclsum tasks need the aclsum package (Python >= 3.11): pip install aclsum")
-    return Path(list(spec.submodule_search_locations)[0]) / "dataset"
-
-
-def _detokenize(sentence: str) -> str:
-    """ACLSum stores sentences tokenized ("answer extraction ( QA ) ."); rejoin the punctuation."""
-    s = re.sub(r" ([.,;:!?%)\]}])", r"\1", sentence)
-    s = re.sub(r"([(\[{]) ", r"\1", s)
-    return re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", s)
-
-
-def aclsum(aspect: str, sections: tuple[str, ...] = ("abstract", "introduction")) -> dict[str, list[Example]]:
-    """aspect in challenge/approach/outcome (document = the sections, summary = that aspect's
-    human summary) or "title" (document = the abstract, summary = the paper's title)."""
-    root = _aclsum_dir()
-    out = {}
-    for split, fname in ACLSUM_SPLITS.items():
-        examples = []
-        with open(root / f"{fname}.jsonl", encoding="utf-8") as f:
-            for line in f:
-                paper = json.loads(line)
-                secs = ("abstract",) if aspect == "title" else sections
-                doc = " ".join(_detokenize(s) for sec in secs for s in paper["sentences"][sec])
-                summary = paper["title"] if aspect == "title" else paper["summary"][aspect]
-                examples.append(Example(doc, summary.strip(), paper["id"]))
-        out[split] = examples
-    return out
+NUMPY_SECTIONS = ("Parameters", "Returns", "Yields", "Raises", "See Also", "Notes", "Examples", "References",
+                  "Attributes", "Methods", "Warnings", "Other Parameters")
 
 
 def _stdlib_files(root: Path):
@@ -105,3 +73,40 @@ def pydoc(cache: Path | None = None) -> dict[str, list[Example]]:
         tmp.write_text(json.dumps({s: [list(e) for e in v] for s, v in splits.items()}))
         os.replace(tmp, cached)
     return splits
+
+
+def _numpy_body(doc: str) -> str:
+    """numpydoc: the extended summary, the text before the first section heading (Parameters ...)."""
+    lines = doc.strip().splitlines()
+    for i in range(len(lines) - 1):
+        if lines[i].strip() in NUMPY_SECTIONS and set(lines[i + 1].strip()) == {"-"}:
+            return "\n".join(lines[:i]).strip()
+    return doc.strip()
+
+
+def numpy_docstrings() -> dict[str, list[dict]]:
+    """NumPy's documented functions and classes: {split: [{id, name, summary, body}]}, from the .py
+    files of the installed package (parsed once, cached)."""
+    spec = importlib.util.find_spec("numpy")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the numpy tasks need numpy: pip install numpy")
+    root = Path(list(spec.submodule_search_locations)[0])
+
+    def build():
+        out, seen = [], set()
+        for path in _stdlib_files(root):
+            module = "numpy." + ".".join(path.relative_to(root).with_suffix("").parts)
+            for ex in _docstring_pairs(path, module):
+                body = _numpy_body(ex.document)
+                if common.words(body) >= PYDOC_MIN_WORDS and body not in seen:
+                    seen.add(body)
+                    out.append({"id": ex.id, "name": ex.id.rsplit(".", 1)[-1], "summary": ex.summary, "body": body})
+        return out
+
+    return common.split(common.cached("numpy-docstrings", [root / "version.py"], build))
+
+
+def as_names(splits: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """A docstring body (its object's name masked) -> that name."""
+    return {s: [Example(common.mask(e.document, [e.id.rsplit(".", 1)[-1]]), e.id.rsplit(".", 1)[-1], e.id)
+                for e in v] for s, v in splits.items()}
