@@ -44,7 +44,7 @@ def test_push_dry_run_writes_what_would_be_uploaded(start, tmp_path):
     assert r.returncode == 0, r.stderr
     listed = set(r.stdout.split("\n")[:-2])
     files = {p.relative_to(tmp_path / "up").as_posix() for p in (tmp_path / "up").rglob("*") if p.is_file()}
-    assert files == listed == {"README.md", "adapters.safetensors", "adapter_config.json", "meta.json",
+    assert files == listed == {"README.md", "adapters.safetensors", "adapter_config.json", "meta.json", "recipe.json",
                                "peft/adapter_model.safetensors", "peft/adapter_config.json"}
     card = (tmp_path / "up" / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
