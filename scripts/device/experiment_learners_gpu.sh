@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, after ../shared/device/stage.py's chunks are unstaged and with .whl carried
+# (aclsum, rouge-score, nltk, typer and their pure-Python dependencies): scripts/experiment.py for one
+# plan within $2 seconds of lent time, every stage time-boxed, and what exists packed into $OUT.
+# A later lease carries the packed starts back as .exp/ and the driver skips what is done.
+#   bash scripts/device/experiment_learners_gpu.sh learned-adaptation 540
+set -uo pipefail
+export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
+plan=$1 budget=$2; shift 2
+EXP=/tmp/exp/$plan
+t0=$SECONDS
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+python3 -c "import sys, mlx.core as mx, mlx_lm; print(sys.version.split()[0], 'mlx', mx.__version__, 'mlx-lm', mlx_lm.__version__, mx.default_device())" | tee -a $OUT/gpu.txt
+python3 -m mlx_reptilora info --model "$GGUF" | tail -3       # converts the GGUF once, before the jobs race
+python3 -m mlx_reptilora tasks --model "$GGUF" | tail -3      # caches pydoc once
+mkdir -p $EXP
+for t in .exp/*.tar; do [ -f "$t" ] && tar xf "$t" -C $EXP; done
+left() { echo $((budget - (SECONDS - t0))); }
+# What is left after setup: ~45% meta-training, ~40% testing, the rest for finishing, report, packing.
+meta=$(( $(left) * 45 / 100 )); test=$(( $(left) * 40 / 100 ))
+python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage meta --jobs ${JOBS:-10} \
+    --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
+test=$(( $(left) - 45 )); [ $test -gt 20 ] || test=20
+python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage test --jobs ${JOBS:-10} \
+    --deadline $test --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
+python3 scripts/experiment.py --plan $plan --out $EXP --stage report "$@" > $EXP/report.log 2>&1; tail -5 $EXP/report.log
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+cd $EXP && tar czf $OUT/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
+tar czf $OUT/predictions.tar.gz $(find test -name predictions -type d) 2>/dev/null
+# the starts (adapters, config, recipe, learned rates), one tar per learner (<= 16 MiB each)
+for l in meta/*/; do l=${l%/}; tar cf $OUT/starts-$(basename $l).tar --exclude=checkpoints --exclude='*.log' \
+  --exclude=metrics.jsonl $l 2>/dev/null; done
+ls -la $OUT; echo "used $((SECONDS - t0)) s of $budget"
