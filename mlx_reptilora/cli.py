@@ -192,6 +192,9 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
+    from .model import backend
+
+    backend.limit_cache()
     try:
         code = app(args=argv, standalone_mode=False)  # errors come here, to be said in one line
         return code if isinstance(code, int) else 0

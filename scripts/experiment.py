@@ -46,6 +46,7 @@ class Plan:
     learners: dict[str, dict]  # label -> its own meta-train settings
     baselines: dict[str, dict] = field(default_factory=dict)  # label -> compare settings (standard start)
     references: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (rows JSON, system)
+    variants: dict[str, dict] = field(default_factory=dict)  # label -> compare flags every start is also tested with
     shots: list[int] = field(default_factory=lambda: [0, 1, 5])
     draws: int = 3
 
@@ -65,7 +66,9 @@ PLANS = {
         learners={"meta-sgd": {"learner": "meta-sgd"},
                   "maml++": {"learner": "maml", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20}},
         references={"reptile (#8)": ("docs/results/protocol-b.json", "reptilora"),
-                    "lora (#8)": ("docs/results/protocol-a.json", "lora")}),
+                    "lora (#8)": ("docs/results/protocol-a.json", "lora")},
+        # adapt's own guard against over- and under-adapting: hold each shot out, choose 0..2T steps
+        variants={"steps auto": {"steps": "auto", "shots": "5"}}),
 }
 
 
@@ -161,6 +164,13 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
                 jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", "reptilora",
                                                      "--tasks", ",".join(held), "--out", dest, *common),
                              dest.with_suffix(".log")))
+            for variant, over in plan.variants.items():
+                dest = out / "test" / f"{label}+{variant.replace(' ', '-')}" / fold
+                flags = [x for k, v in over.items() for x in (f"--{k.replace('_', '-')}", v)]
+                if (start / "adapters.safetensors").exists() and not (dest / "results.json").exists():
+                    jobs.append((f"{label}+{variant}/{fold}", _cli("compare", "--adapters", start, "--systems", "reptilora",
+                                                                   "--tasks", ",".join(held), "--out", dest, *common, *flags),
+                                 dest.with_suffix(".log")))
         any_start = next((s for s in starts.values() if (s / "adapters.safetensors").exists()), None)
         for label, over in plan.baselines.items():  # LoRA's start reads only the rank etc. from the start
             dest = out / "test" / label / fold
@@ -182,10 +192,13 @@ def stage_test(plan: Plan, args, out: Path) -> None:
 def rows_of(plan: Plan, out: Path) -> list[dict]:
     """Every test row, its "system" the learner's or baseline's label."""
     rows = []
-    for label in [*plan.learners, *plan.baselines]:
-        for path in sorted((out / "test" / label).glob("*/results.json")):
+    variants = [f"{x} ({v})" for x in plan.learners for v in plan.variants]
+    for label in [*plan.learners, *plan.baselines, *variants]:
+        folder = label.replace(" (", "+").rstrip(")").replace(" ", "-") if label in variants else label
+        for path in sorted((out / "test" / folder).glob("*/results.json")):
             result = json.loads(path.read_text())
-            rows += [{**r, "system": label if label in plan.learners else f"{label}" if r["system"] == "lora"
+            rows += [{**r, "system": label if label in plan.learners or label in variants
+                      else f"{label}" if r["system"] == "lora"
                       else f"{label}:{r['system']}", "fold": path.parent.name} for r in result["rows"]]
     for label, (file, system) in plan.references.items():
         ref = json.loads((ROOT / file).read_text())
@@ -213,11 +226,12 @@ def table(rows, plan: Plan, systems: list[str]) -> str:
 
 def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict]:
     """Per learner, task and k > 0: the adapted start against the un-adapted one (its 0-shot row),
-    and against LoRA at the same k; 'apart' means the 95% intervals do not overlap."""
+    and against LoRA at the same k; 'apart' means the 95% intervals do not overlap. A variant
+    ("maml++ (steps auto)") is held against its learner's un-adapted start."""
     found = []
     for s in learners:
         for t in plan.pool:
-            zero = cell(rows, t, s, 0)
+            zero = cell(rows, t, s, 0) or cell(rows, t, s.split(" (")[0], 0)
             for k in (k for k in plan.shots if k):
                 r = cell(rows, t, s, k)
                 if not (r and zero):
@@ -296,7 +310,7 @@ def stage_report(plan: Plan, args, out: Path) -> None:
     rows = rows_of(plan, out)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    learners = [s for s in plan.learners]
+    learners = [s for s in plan.learners] + [f"{x} ({v})" for x in plan.learners for v in plan.variants]
     systems = learners + [s for s in plan.references] + [s for s in plan.baselines]
     lora = next((s for s in systems if s.startswith("lora")), None)
     found = checks(rows, plan, learners + [s for s in plan.references if not s.startswith("lora")], lora)

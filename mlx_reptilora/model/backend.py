@@ -9,6 +9,17 @@ from . import _blas
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
+def limit_cache() -> None:
+    """MLX keeps freed buffers for reuse up to its memory limit: several processes sharing one GPU
+    (scripts/experiment.py --jobs) each hold their cache and run out. MLX_REPTILORA_CACHE_LIMIT_GB
+    caps it per process."""
+    import os
+
+    gb = os.environ.get("MLX_REPTILORA_CACHE_LIMIT_GB")
+    if gb:
+        mx.set_cache_limit(int(float(gb) * 1e9))
+
+
 def backend_name() -> str:
     if mx.metal.is_available():
         return "metal"

@@ -6,6 +6,9 @@
 #   bash scripts/device/experiment_learners_gpu.sh learned-adaptation 540
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# 10 processes on one GPU: each keeps at most 3 GB of freed buffers (without a cap they ran an H200 out)
+export MLX_REPTILORA_CACHE_LIMIT_GB=${MLX_REPTILORA_CACHE_LIMIT_GB:-3}
+STAGES=${STAGES:-meta,test}  # STAGES=meta: all the time left to meta-training; STAGES=test: to testing
 GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
 plan=$1 budget=$2; shift 2
 EXP=/tmp/exp/$plan
@@ -19,17 +22,17 @@ mkdir -p $EXP
 for t in .exp/*.tar; do [ -f "$t" ] && tar xf "$t" -C $EXP; done
 left() { echo $((budget - (SECONDS - t0))); }
 # What is left after setup: ~45% meta-training, ~40% testing, the rest for finishing, report, packing.
-meta=$(( $(left) * 45 / 100 )); test=$(( $(left) * 40 / 100 ))
-python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage meta --jobs ${JOBS:-10} \
+meta=$(( $(left) * 45 / 100 )); [ "$STAGES" = meta ] && meta=$(( $(left) - 60 ))
+[[ $STAGES == *meta* ]] && python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage meta --jobs ${JOBS:-10} \
     --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
 test=$(( $(left) - 45 )); [ $test -gt 20 ] || test=20
-python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage test --jobs ${JOBS:-10} \
+[[ $STAGES == *test* ]] && python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage test --jobs ${JOBS:-10} \
     --deadline $test --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
 python3 scripts/experiment.py --plan $plan --out $EXP --stage report "$@" > $EXP/report.log 2>&1; tail -5 $EXP/report.log
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 cd $EXP && tar czf $OUT/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
 tar czf $OUT/predictions.tar.gz $(find test -name predictions -type d) 2>/dev/null
 # the starts (adapters, config, recipe, learned rates), one tar per learner (<= 16 MiB each)
-for l in meta/*/; do l=${l%/}; tar cf $OUT/starts-$(basename $l).tar --exclude=checkpoints --exclude='*.log' \
+for l in meta/*/; do l=${l%/}; tar cf $OUT/starts-$(basename $l | tr -c "a-z0-9\n-" p).tar --exclude=checkpoints --exclude='*.log' \
   --exclude=metrics.jsonl $l 2>/dev/null; done
 ls -la $OUT; echo "used $((SECONDS - t0)) s of $budget"
