@@ -1,0 +1,96 @@
+"""scripts/experiment.py's bookkeeping (issues #14, #15): folds never share a held-out task (or
+group) with training, the targets' checks read intervals the right way, the report works from what
+a cut-short run left, and the deadline stops jobs with SIGINT (meta-train's checkpointing signal)."""
+
+import importlib.util
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("experiment", ROOT / "scripts" / "experiment.py")
+exp = importlib.util.module_from_spec(spec)
+sys.modules["experiment"] = exp  # its dataclasses look their module up
+spec.loader.exec_module(exp)
+
+
+def _row(task, system, k, mid, half=1.0):
+    score = {"low": mid - half, "mid": mid, "high": mid + half}
+    return {"task": task, "system": system, "shots": k, "draws": 3, "n": 10,
+            "rouge1": score, "rouge2": score, "rougeL": score}
+
+
+def test_leave_one_task_out_folds():
+    plan = exp.PLANS["learned-adaptation"]
+    folds = exp.folds(plan)
+    assert set(folds) == set(plan.pool)
+    for held, (train, test) in folds.items():
+        assert test == [held] and held not in train and sorted(train + test) == sorted(plan.pool)
+
+
+def test_leave_one_group_out_folds():
+    plan = exp.Plan("groups", ["aclsum-title", "aclsum-outcome", "pydoc", "pydoc-name", "wordnet-define"],
+                    "group", {}, {"x": {}})
+    folds = exp.folds(plan)
+    assert folds["aclsum"] == (["pydoc", "pydoc-name", "wordnet-define"], ["aclsum-title", "aclsum-outcome"])
+    assert folds["python"][1] == ["pydoc", "pydoc-name"] and folds["wordnet"][1] == ["wordnet-define"]
+
+
+def test_checks_compare_with_the_unadapted_start_and_lora():
+    plan = exp.Plan("t", ["a"], "task", {}, {"m": {}}, shots=[0, 1, 5])
+    rows = [_row("a", "m", 0, 20), _row("a", "m", 1, 17.5), _row("a", "m", 5, 19.5),
+            _row("a", "lora", 1, 14), _row("a", "lora", 5, 19)]
+    found = {c["shots"]: c for c in exp.checks(rows, plan, ["m"], "lora")}
+    assert found[1]["below_start_apart"] and found[1]["vs_start"] == -2.5  # 18.5 < 19: apart
+    assert not found[5]["below_start_apart"]  # 20.5 >= 19: overlapping intervals
+    assert found[1]["lora_apart"] and found[1]["vs_lora"] == 3.5 and not found[5]["lora_apart"]
+    # a variant ("m (steps auto)") is held against its learner's un-adapted start
+    rows.append(_row("a", "m (steps auto)", 5, 22))
+    variant = exp.checks(rows, plan, ["m (steps auto)"], "lora")
+    assert [c["vs_start"] for c in variant] == [2.0]
+
+
+def test_report_from_a_run_cut_short(tmp_path):
+    plan = exp.PLANS["learned-adaptation"]
+    folder = tmp_path / "test" / "maml++" / "pydoc"
+    folder.mkdir(parents=True)
+    rows = [_row("pydoc", "reptilora", k, 15 + k) for k in (0, 1, 5)]
+    (folder / "results.json").write_text(json.dumps({"rows": rows}))
+    run = tmp_path / "meta" / "maml++" / "pydoc"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"episode": e, "seconds": 2.0, "tokens": 100, "peak_memory_gb": 9.5, "query_loss_before": 3.0,
+         "query_loss_after": 2.5}) + "\n" for e in range(4)))
+    exp.stage_report(plan, Namespace(), tmp_path)
+    text = (tmp_path / "report" / "tables.md").read_text()
+    assert "| pydoc | 1 | – | 16.00 [15.0, 17.0] |" in text  # Meta-SGD never ran: a dash, not a crash
+    assert "| maml++ | pydoc | 4 | 8.0 | 400 | 9.5 |" in text  # episodes, time, tokens, peak
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {r["system"] for r in report["rows"]} >= {"maml++", "reptile (#8)", "lora (#8)"}
+    assert (tmp_path / "report" / "pydoc.png").exists() and (tmp_path / "report" / "query-loss.png").exists()
+
+
+def test_the_deadline_interrupts_running_jobs_and_skips_the_rest(tmp_path):
+    wait = [sys.executable, "-c", "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+                                  "    print('checkpointed')\n    raise SystemExit(130)"]
+    jobs = [(f"j{i}", wait, tmp_path / f"j{i}.log") for i in range(3)]
+    import time
+
+    codes = exp.run_jobs(jobs, 2, time.time() + 2, "test")
+    assert codes == {"j0": 130, "j1": 130}  # j2 never started
+    assert (tmp_path / "j0.log").read_text().strip() == "checkpointed"
+
+
+def test_cache_limit_from_the_environment(monkeypatch):
+    import mlx.core as mx
+
+    from mlx_reptilora.model import backend
+
+    monkeypatch.setenv("MLX_REPTILORA_CACHE_LIMIT_GB", "0.5")
+    before = mx.set_cache_limit(0)
+    try:
+        backend.limit_cache()
+        assert mx.set_cache_limit(before) == 500_000_000
+    finally:
+        mx.set_cache_limit(before)
