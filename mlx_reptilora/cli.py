@@ -153,12 +153,13 @@ def _command(name: str, cls, run, doc: str) -> None:
 
 def _register() -> None:
     from .crosscheck import check
-    from .evaluation import adapt, compare, evaluate
+    from .evaluation import adapt, compare, evaluate, validate
     from .meta import train
     from .model import hub
 
-    _command("meta-train", train.MetaTrainConfig, train.run,
-             "Meta-learn the LoRA start over many tasks: Reptile (the paper's defaults), FOMAML or MAML.")
+    _command("meta-train", train.MetaTrainConfig, validate.meta_train,
+             "Meta-learn the LoRA start over many tasks (Reptile, FOMAML, MAML, Meta-SGD), meta-validated on "
+             "held-out tasks with --valid-tasks.")
     _command("adapt", adapt.AdaptConfig, adapt.run,
              "Fine-tune LoRA on k examples of a task, from a meta-learned start or the standard one.")
     _command("evaluate", evaluate.EvalConfig, evaluate.run,

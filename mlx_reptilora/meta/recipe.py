@@ -30,6 +30,7 @@ class Recipe:
     learned_lr: str | None = None  # None, "per tensor and step" (LSLR) or "per element" (Meta-SGD)
     chosen_by: str = "the meta-training settings"
     auto: bool = False  # choose 0 to 2 x steps by holding shots out (adapt --steps auto)
+    scale: float = 1.0  # learned rates are multiplied by this (meta-validation may choose it)
     rates: dict = field(default_factory=dict, repr=False)  # the learned rates, from learned_lr.safetensors
 
     def rate(self, t: int):
@@ -37,11 +38,13 @@ class Recipe:
         if not self.learned_lr:
             return self.lr
         if self.learned_lr == "per tensor and step":
-            return {k: v[min(t, v.shape[0] - 1)] for k, v in self.rates.items()}
-        return self.rates
+            return {k: self.scale * v[min(t, v.shape[0] - 1)] for k, v in self.rates.items()}
+        return {k: self.scale * v for k, v in self.rates.items()} if self.scale != 1 else self.rates
 
     def describe(self) -> str:
         lr = f"learned learning rates ({self.learned_lr})" if self.learned_lr else f"lr {self.lr:g}"
+        if self.learned_lr and self.scale != 1:
+            lr += f" x {self.scale:g}"
         steps = f"0 to {2 * self.steps} steps, chosen on held-out shots" if self.auto else f"{self.steps} steps"
         return f"{self.optimizer}, {steps}, {lr}"
 
@@ -62,12 +65,17 @@ def read(folder: str | Path | None) -> Recipe | None:
         raw = json.loads(path.read_text())
         recipe = Recipe(**{k: raw[k] for k in ("learner", "optimizer", "steps", "lr")},
                         learned_lr=raw.get("learned_lr"), chosen_by=raw.get("chosen_by", "the meta-training settings"),
-                        auto=bool(raw.get("auto", False)))
+                        auto=bool(raw.get("auto", False)), scale=float(raw.get("scale", 1.0)))
         if recipe.learned_lr:
             recipe.rates = mx.load(str(Path(folder) / LEARNED))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"the recipe of {folder} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
     return recipe
+
+
+def of(learner) -> Recipe:
+    """The recipe a learner's start carries now: its meta-training inner loop and learned rates."""
+    return Recipe(**learner.recipe(), rates=dict(learner.learned()))
 
 
 def as_dict(recipe: Recipe) -> dict:

@@ -69,8 +69,22 @@ class EpisodeOptions:
 
 
 @dataclass
+class ValidOptions:
+    valid_tasks: list[str] = option([], "tasks never trained on that meta-validate θ every --valid-every episodes; "
+                                        "the best θ is kept and its best adaptation setting becomes the start's "
+                                        "recipe", default_text="none: no meta-validation")
+    valid_every: int = option(50, "meta-validate every N episodes, and after the last", min=1)
+    valid_shots: list[int] = option([1, 5], "shot counts θ is adapted on for validation", min=1)
+    valid_steps: list[float] = option([1.0, 2.0], "validation grid: multiples of the recipe's steps", gt=0)
+    valid_lr_scales: list[float] = option([1.0, 0.3], "validation grid: multiples of the recipe's learning "
+                                                      "rate (or learned rates)", gt=0)
+    valid_limit: int = option(32, "valid-split examples scored per validation task", min=1)
+    valid_batch_size: int = option(32, "summaries generated together in validation", min=1)
+
+
+@dataclass
 class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, OuterOptions, ReptileOptions,
-                      StepOptions, EpisodeOptions):
+                      StepOptions, EpisodeOptions, ValidOptions):
     max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16)
     train_cap: int = option(1000, "use at most this many training examples per task", min=1)
     seed: int = option(0, "seed of the episodes, dropout and the standard start", min=0)
@@ -137,6 +151,7 @@ class Setup:
     sampler: episodes.EpisodeSampler
     inner: InnerLoop
     learner: Learner
+    best: dict | None = None  # meta-validation's best so far: score, episode, recipe, theta, rates
 
 
 def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None) -> Setup:
@@ -248,8 +263,11 @@ def snapshot(episode: int, theta: dict, s: Setup, nonfinite: int) -> dict:
     groups = {"theta": theta, "learner": s.learner.state()}
     if not s.learner.cfg.reset_optimizer:
         groups["inner_optimizer"] = dict(tree_flatten(s.inner.optimizer_state()))
-    return {"episode": episode, "groups": {g: dict(t) for g, t in groups.items()},
-            "info": {"sampler": s.sampler.state(), "nonfinite": nonfinite}}
+    info = {"sampler": s.sampler.state(), "nonfinite": nonfinite}
+    if s.best is not None:
+        groups.update(best=s.best["theta"], best_rates=s.best["rates"])
+        info["best"] = {k: s.best[k] for k in ("score", "loss", "episode", "recipe")}
+    return {"episode": episode, "groups": {g: dict(t) for g, t in groups.items()}, "info": info}
 
 
 def save(ckpt_dir: Path, snap: dict, keep: int, world: World) -> None:
@@ -276,6 +294,8 @@ def restore(path: Path | None, s: Setup, world: World) -> tuple[int, dict, int] 
     groups = {g: world.broadcast(t) for g, t in groups.items()}
     s.sampler.restore(info["sampler"])
     s.learner.load_state(groups.get("learner", {}))
+    if info.get("best"):
+        s.best = {**info["best"], "theta": groups["best"], "rates": groups.get("best_rates", {})}
     if "inner_optimizer" in groups:
         # onto the optimizer's own tree, so the compiled update sees the structure it was traced with
         flat = groups["inner_optimizer"]
@@ -286,8 +306,13 @@ def restore(path: Path | None, s: Setup, world: World) -> tuple[int, dict, int] 
 
 # -- the outer loop ---------------------------------------------------------------------------
 
-def run(cfg: MetaTrainConfig) -> Path:
+def run(cfg: MetaTrainConfig, validator=None) -> Path:
+    """Meta-train; `validator(cfg, setup)` builds the meta-validation (evaluation/validate.py, which
+    generates and scores and so lives above this layer) when --valid-tasks is given."""
     cfg.validate()
+    if cfg.valid_tasks and validator is None:
+        raise UserError("--valid-tasks needs the meta-validation: run it through `mlx-reptilora meta-train` "
+                        "or mlx_reptilora.evaluation.validate.meta_train")
     world = World.init()
     world.check_divides(cfg.meta_batch)
     out = Path(cfg.out)
@@ -297,16 +322,17 @@ def run(cfg: MetaTrainConfig) -> Path:
             return _check_resume(out, cfg)
 
         resuming = agree(world, claim_and_check)  # rank 0 owns the folder; all ranks follow its answer
-        return _train(cfg, world, out, resuming)
+        return _train(cfg, world, out, resuming, validator)
 
 
-def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool) -> Path:
+def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, validator=None) -> Path:
     ckpt_dir = out / "checkpoints"
     progress = Progress(cfg.episodes, quiet=cfg.quiet or not world.main)
     s = prepare(cfg, progress, world)
     if world.size > 1:
         progress.log(f"{world.size} processes, {cfg.meta_batch // world.size} of the {cfg.meta_batch} tasks of "
                      f"each episode on each")
+    check = validator(cfg, s) if validator and world.main else None  # validation runs on rank 0
     theta, start, nonfinite = s.inner.weights(), 0, 0
     last = restore(checkpoint.latest(ckpt_dir) if world.main else None, s, world) if resuming else None
     if last is not None:
@@ -336,6 +362,8 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool) -> Pat
             theta, nonfinite = new_theta, 0
             metrics and metrics.write(record)
             progress.update(episode + 1, summary(record))
+            if check and ((episode + 1) % cfg.valid_every == 0 or episode + 1 == cfg.episodes):
+                metrics.write(meta_validate(check, theta, s, episode, progress))
             if (episode + 1) % cfg.checkpoint_every == 0 and episode + 1 < cfg.episodes:
                 save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints, world)
     except (KeyboardInterrupt, RankLost):
@@ -349,14 +377,37 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool) -> Pat
     if not math.isfinite(sum(float(mx.abs(v).sum()) for v in theta.values())):
         raise UserError("the meta-learned adapters are not finite")
     if world.main:
-        s.inner.set_weights(theta)
+        best = s.best  # meta-validated: the best θ, its learned rates and its best adaptation setting
+        s.inner.set_weights(best["theta"] if best else theta)
         adapters.save(s.base.model, s.lora, out, extra={
             "meta_learned": s.learner.name, "learner": s.learner.describe(), "episodes": cfg.episodes,
+            **({"selected_episode": best["episode"] + 1, "valid_score": best["score"]} if best else {}),
             "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
             "base_model": s.base.name, "base_model_id": hub.base_id(s.base.name, s.base.path), "seed": cfg.seed})
-        recipe.write(out, s.learner.recipe(), s.learner.learned())
+        if best:
+            recipe.write(out, best["recipe"], best["rates"])
+            progress.log(f"kept θ after episode {best['episode'] + 1} (mean valid ROUGE-L {best['score']:.2f}); "
+                         f"recipe: {recipe.read(out).describe()}")
+        else:
+            recipe.write(out, s.learner.recipe(), s.learner.learned())
         progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
+
+
+def meta_validate(check, theta: dict, s: Setup, episode: int, progress: Progress) -> dict:
+    """Validate θ after `episode`; keep it when it beats the best so far. Its metrics record."""
+    t0 = time.perf_counter()
+    record = check(theta, recipe.of(s.learner), episode)
+    improved = s.best is None or (record["score"], -record["loss"]) > (s.best["score"], -s.best["loss"])
+    if improved:
+        s.best = {"score": record["score"], "loss": record["loss"], "episode": episode, "recipe": record["recipe"],
+                  "theta": dict(theta), "rates": dict(s.learner.learned())}
+    record.update(best=improved, valid_seconds=round(time.perf_counter() - t0, 1))
+    progress.log(f"validation after episode {episode + 1}: mean ROUGE-L {record['score']:.2f} with "
+                 f"{record['recipe']['steps']} steps" + (" (new best)" if improved else
+                 f"; the best stays episode {s.best['episode'] + 1} ({s.best['score']:.2f})")
+                 + f", {record['valid_seconds']} s")
+    return record
 
 
 def agree(world: World, check):

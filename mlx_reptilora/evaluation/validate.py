@@ -1,0 +1,128 @@
+"""Meta-validation: every --valid-every episodes, the current θ is adapted on k shots of each
+--valid-tasks task (never trained on) with the start's recipe and a small grid around it (steps x
+learning-rate scale), and scored on the task's valid split: query loss and ROUGE-L of greedy
+summaries. meta-train keeps the θ whose best grid point scores highest (early stopping) and writes
+that grid point into the start's recipe, so `adapt` uses what held-out tasks chose.
+
+Validation lives here, above the meta layer, because it generates and scores; meta/train.py takes
+it as an injected `validator` (`meta_train` below is the CLI's meta-train).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..data import episodes, prompts, tasks
+from ..errors import UserError
+from ..meta import recipe as recipes
+from ..meta import train
+from ..meta.inner_loop import InnerConfig, InnerLoop
+from . import evaluate
+from .adapt import adapt_with
+
+
+def grid(cfg: train.MetaTrainConfig, start: recipes.Recipe) -> list[recipes.Recipe]:
+    """The start's recipe and its neighbours: each steps multiple x each learning-rate scale."""
+    out = []
+    for mult in cfg.valid_steps:
+        for scale in cfg.valid_lr_scales:
+            steps = max(1, int(round(mult * start.steps)))
+            out.append(replace(start, steps=steps, lr=start.lr * (1 if start.learned_lr else scale),
+                               scale=scale if start.learned_lr else 1.0))
+    return out
+
+
+def key(r: recipes.Recipe, start: recipes.Recipe) -> str:
+    lr = f"rates x{r.scale:g}" if r.learned_lr else f"lr {r.lr:g}"
+    return f"{r.steps} steps, {lr}"
+
+
+class Validator:
+    """Built once per run (after the model loads); called with θ and the learner at an episode."""
+
+    def __init__(self, cfg: train.MetaTrainConfig, s: train.Setup):
+        self.cfg, self.s = cfg, s
+        self.loaded = tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
+        tok = s.base.tokenizer
+        self.data = {}
+        for t in self.loaded:
+            train_split = episodes.prepare(t, tok, None, cfg.max_length, ("train",)).splits["train"]
+            exs = t.split("valid")[:cfg.valid_limit]
+            self.data[t.name] = {
+                "shots": {k: episodes.draw_shots(train_split, k, cfg.seed, t.name, "--valid-shots") for k in cfg.valid_shots},
+                "valid": exs,
+                "tokenized": [x for x in prompts.tokenize(prompts.PromptFormat.for_tokenizer(tok, t.instruction), tok,
+                                                          exs, cfg.max_length) if x is not None],
+                "prompts": prompts.in_context(tok, [], exs, cfg.max_length, t.instruction),
+                "max_new_tokens": evaluate.max_new_tokens(t, tok)}
+        self.loops: dict[tuple, InnerLoop] = {}
+
+    def _loop(self, r: recipes.Recipe) -> InnerLoop:
+        """One inner loop per (optimizer, steps, lr): its compiled step is reused across validations,
+        and meta-training's own loop (and a carried optimizer's state) is never touched."""
+        k = (r.optimizer, r.steps, r.lr)
+        if k not in self.loops:
+            c = self.cfg
+            self.loops[k] = InnerLoop(self.s.base.model, InnerConfig(r.steps, r.lr, r.optimizer, c.weight_decay,
+                                      c.grad_clip, c.micro_batch, grad_checkpoint=c.grad_checkpoint),
+                                      episodes.buckets(c.max_length))
+        return self.loops[k]
+
+    def __call__(self, theta: dict, start: recipes.Recipe, episode: int) -> dict:
+        """{"episode", "valid": {task: {k: {grid point: {loss, rougeL}}}}, "score", "loss", "recipe"}:
+        the score is the best grid point's ROUGE-L averaged over tasks and shot counts (ties go to
+        the lower mean query loss), its recipe the one the start would carry."""
+        points = grid(self.cfg, start)
+        results: dict = {}
+        for name, d in self.data.items():
+            results[name] = {}
+            for k, shots in d["shots"].items():
+                results[name][k] = {}
+                for r in points:
+                    inner = self._loop(r)
+                    inner.set_weights(theta)
+                    adapt_with(inner, shots, r)
+                    texts, _ = evaluate.generate(self.s.base, d["prompts"], d["max_new_tokens"], self.cfg.valid_batch_size)
+                    rouge_l = evaluate.rouge(texts, [e.summary for e in d["valid"]])["rougeL"]["mid"]
+                    results[name][k][key(r, start)] = {"loss": round(inner.loss(d["tokenized"]), 4),
+                                                       "rougeL": round(rouge_l, 3)}
+        self.s.inner.set_weights(theta)
+        def mean(r, metric):
+            return float(np.mean([results[n][k][key(r, start)][metric] for n in results for k in results[n]]))
+
+        means = {key(r, start): mean(r, "rougeL") for r in points}
+        losses = {key(r, start): mean(r, "loss") for r in points}
+        best = max(points, key=lambda r: (means[key(r, start)], -losses[key(r, start)]))  # ties: the lower loss
+        chosen = replace(best, chosen_by=(f"meta-validation at episode {episode + 1} on "
+                                          f"{', '.join(self.data)} ({', '.join(map(str, self.cfg.valid_shots))} "
+                                          f"shots): mean valid ROUGE-L {means[key(best, start)]:.2f}, "
+                                          f"best of {len(points)} settings"))
+        return {"episode": episode, "valid": results, "means": {k: round(v, 3) for k, v in means.items()},
+                "score": round(means[key(best, start)], 3), "loss": round(losses[key(best, start)], 4),
+                "recipe": recipes.as_dict(chosen)}
+
+
+def check(cfg: train.MetaTrainConfig) -> None:
+    """Before any work: validation tasks exist, have the splits it reads, and are not trained on."""
+    overlap = sorted(set(cfg.valid_tasks) & set(cfg.tasks))
+    if overlap:
+        raise UserError(f"--valid-tasks {', '.join(overlap)} also in --tasks: validation tasks are never trained on")
+    trained = {t.group: t.name for t in tasks.load_many(cfg.tasks, tasks.TaskConfig(train_cap=cfg.train_cap)) if t.group}
+    for t in tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap)):
+        if t.group in trained:
+            raise UserError(f"--valid-tasks {t.name} shares its documents with the training task {trained[t.group]} "
+                            f"(group {t.group}): choose a validation task of another group")
+        t.split("valid")
+        if len(t.split("train")) < max(cfg.valid_shots):
+            raise UserError(f"--valid-shots {max(cfg.valid_shots)}: {t.name} has {len(t.split('train'))} training examples")
+
+
+def meta_train(cfg: train.MetaTrainConfig) -> Path:
+    """`mlx-reptilora meta-train`: meta-training, meta-validated when --valid-tasks is given."""
+    if cfg.valid_tasks:
+        cfg.validate()
+        check(cfg)
+    return train.run(cfg, Validator if cfg.valid_tasks else None)
