@@ -7,10 +7,14 @@ A plan (PLANS below) names the task pool, what a fold holds out (one task, or on
 that share documents), the learners (meta-train settings), the baselines, and rows of earlier runs
 it compares with without re-running them. Stages skip finished work, so a re-run after a lost
 lease carries on where it stopped:
-  meta    one start per (learner, fold), meta-trained on the fold's training tasks, --jobs at a time.
+  meta    one start per (learner, fold), meta-trained on the fold's training tasks, --jobs at a time;
+          learners marked `validate` meta-validate on the fold's validation group (never trained on,
+          never tested on) and keep the best θ and recipe.
           --deadline S stops the runs still going after S seconds (each checkpoints on SIGINT), and
           each such start is then finished at the episode it reached (`meta-train --resume
           --episodes N`); the report says how many episodes every start had
+  tune    baselines with `tune_steps`: each steps value on the fold's validation tasks (valid split,
+          1 and 5 shots); the best mean ROUGE-L is the one tested
   test    each start adapted with its own recipe on its held-out tasks' shots, the test split
           scored (0/1/5 shots, 3 draws pooled, 95% bootstrap intervals); the baselines likewise
   report  tables, the targets' checks (adapted vs the un-adapted start; each learner vs LoRA),
@@ -28,8 +32,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -49,6 +54,18 @@ class Plan:
     variants: dict[str, dict] = field(default_factory=dict)  # label -> compare flags every start is also tested with
     shots: list[int] = field(default_factory=lambda: [0, 1, 5])
     draws: int = 3
+    valid_group: bool = False  # group folds: the next group validates (never trained or tested on)
+
+
+class Fold(NamedTuple):
+    train: list[str]
+    test: list[str]
+    valid: list[str]
+
+
+PAPER_REPTILE: dict = {}  # the defaults are the paper's (configs/paper.yaml)
+SECOND_ORDER = {"support": 5, "query": 8, "inner_steps": 3, "inner_lr": 0.1, "inner_optimizer": "sgd", "outer_lr": 1e-3}
+VALIDATE = {"validate": True, "valid_every": 50}
 
 
 # Issue #14: the learners that learn how to adapt, on protocol (b) of docs/RESULTS.md (one fold per
@@ -69,17 +86,46 @@ PLANS = {
                     "lora (#8)": ("docs/results/protocol-a.json", "lora")},
         # adapt's own guard against over- and under-adapting: hold each shot out, choose 0..2T steps
         variants={"steps auto": {"steps": "auto", "shots": "5"}}),
+    # Issue #15: every learner on the 15-task pool, leave one group out; each fold's next group
+    # meta-validates. Reptile runs twice: the paper's recipe, and meta-validated.
+    "pool": Plan(
+        about="issue #15: every learner on the 15-task pool, leave one group out",
+        pool=["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc", "pydoc-name",
+              "numpy-doc", "numpy-name", "wordnet-define", "wordnet-name", "foldoc-name", "foldoc-define",
+              "jargon-name", "manpage-summary", "manpage-name"],
+        hold_out="group", valid_group=True,
+        common={"episodes": 200, "max_length": 512, "eval_every": 10, "checkpoint_every": 25, "keep_checkpoints": 2,
+                "micro_batch": 8, "valid_limit": 32},
+        learners={"reptile": PAPER_REPTILE,
+                  "reptile-validated": {**PAPER_REPTILE, **VALIDATE},
+                  "fomaml": {"learner": "fomaml", "query": 32, **VALIDATE},
+                  "meta-lora": {"learner": "fomaml", "support": 8, "query": 8, "inner_steps": 3, "meta_batch": 4,
+                                "outer_lr": 3e-4, **VALIDATE},
+                  "maml": {"learner": "maml", **SECOND_ORDER, **VALIDATE},
+                  "meta-sgd": {"learner": "meta-sgd", **SECOND_ORDER, **VALIDATE},
+                  "maml++": {"learner": "maml", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20,
+                             **SECOND_ORDER, **VALIDATE}},
+        baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]},
+                   "lora-data": {"systems": "lora", "shots": "5,20,50", "tune_steps": "lora"},
+                   "in-context": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
+                                  "batch_size": 16}}),
 }
 
 
-def folds(plan: Plan) -> dict[str, tuple[list[str], list[str]]]:
-    """fold name -> (training tasks, held-out tasks)."""
+def folds(plan: Plan, only: list[str] | None = None) -> dict[str, Fold]:
+    """fold name -> Fold(training tasks, held-out tasks, validation tasks)."""
     if plan.hold_out == "task":
-        return {t: ([x for x in plan.pool if x != t], [t]) for t in plan.pool}
-    from mlx_reptilora.data import tasks
+        found = {t: Fold([x for x in plan.pool if x != t], [t], []) for t in plan.pool}
+    else:
+        from mlx_reptilora.data import tasks
 
-    groups = tasks.groups(plan.pool)
-    return {g: ([x for x in plan.pool if x not in held], held) for g, held in groups.items()}
+        groups = tasks.groups(plan.pool)
+        names = list(groups)
+        found = {}
+        for i, g in enumerate(names):
+            valid = groups[names[(i + 1) % len(names)]] if plan.valid_group else []
+            found[g] = Fold([x for x in plan.pool if x not in groups[g] and x not in valid], groups[g], valid)
+    return {k: v for k, v in found.items() if not only or k in only}
 
 
 def _cli(*argv) -> list[str]:
@@ -120,13 +166,17 @@ def _latest_episode(folder: Path) -> int | None:
 
 def stage_meta(plan: Plan, args, out: Path) -> None:
     jobs, configs = [], {}
-    for learner, settings in plan.learners.items():
-        for fold, (train, _) in folds(plan).items():
+    for learner, settings in learners(plan, args).items():
+        for fold, f in folds(plan, args.folds).items():
             folder = out / "meta" / learner / fold
             if (folder / "adapters.safetensors").exists():
                 continue
-            settings_all = {**plan.common, **settings, "tasks": ",".join(train), "out": str(folder),
+            settings_all = {**plan.common, **settings, "tasks": ",".join(f.train), "out": str(folder),
                             "seed": args.seed, "quiet": True, **args.overrides}
+            if settings_all.pop("validate", False):
+                settings_all["valid_tasks"] = ",".join(f.valid)
+            else:
+                settings_all = {k: v for k, v in settings_all.items() if not k.startswith("valid_")}
             if args.model:
                 settings_all["model"] = args.model
             cfg = out / "meta" / learner / f"{fold}.yaml"
@@ -150,34 +200,97 @@ def stage_meta(plan: Plan, args, out: Path) -> None:
         print(f"[meta] no start yet for {missing}: re-run to continue them", flush=True)
 
 
+def _flags(over: dict) -> list:
+    return [x for k, v in over.items() for x in (f"--{k.replace('_', '-')}", v)]
+
+
+def _common(plan: Plan, args, split: str = "test", shots=None) -> list:
+    flags = ["--split", split, "--shots", ",".join(map(str, shots or plan.shots)), "--draws",
+             1 if args.quick else plan.draws, "--seed", args.seed, "--batch-size", args.batch_size, "-q"]
+    flags += ["--max-length", 128] if args.quick else []  # a CPU smoke run: short prompts
+    return flags + (["--model", args.model] if args.model else []) + (["--limit", args.limit] if args.limit else [])
+
+
+def _any_start(plan: Plan, out: Path, fold: str) -> Path | None:
+    """Some finished start of the fold: LoRA's compare reads only the rank etc. from it."""
+    return next((p for p in (out / "meta" / x / fold for x in plan.learners) if (p / "adapters.safetensors").exists()),
+                None)
+
+
+def _tuned(plan: Plan, out: Path, label: str, fold: str) -> int | None:
+    """The steps a baseline's tuning chose for the fold (None: not tuned yet)."""
+    source = plan.baselines[label].get("tune_steps")
+    name = source if isinstance(source, str) else label
+    path = out / "tune" / name / fold / "choice.json"
+    return json.loads(path.read_text())["steps"] if path.exists() else None
+
+
+def stage_tune(plan: Plan, args, out: Path) -> None:
+    """Baselines with a steps list: each value on the fold's validation tasks at 1 and 5 shots."""
+    jobs, todo = [], []
+    for label, over in plan.baselines.items():
+        if not isinstance(over.get("tune_steps"), list):
+            continue
+        for fold, f in folds(plan, args.folds).items():
+            start = _any_start(plan, out, fold)
+            if not f.valid or start is None:
+                continue
+            rest = {k: v for k, v in over.items() if k not in ("tune_steps", "shots")}
+            for steps in ([1, 2] if args.quick else over["tune_steps"]):
+                dest = out / "tune" / label / fold / f"steps{steps}"
+                todo.append((label, fold, steps, dest))
+                if not (dest / "results.json").exists():
+                    jobs.append((f"{label}/{fold}/steps{steps}", _cli(
+                        "compare", "--adapters", start, "--tasks", ",".join(f.valid), "--out", dest,
+                        *_common(plan, args, "valid", [1, 5]), *_flags(rest), "--steps", steps), dest.with_suffix(".log")))
+    run_jobs(jobs, args.jobs, time.time() + args.deadline if args.deadline else None, "tune")
+    for label, fold in {(a, b) for a, b, _, _ in todo}:
+        scores = {}
+        for _, _, steps, dest in (x for x in todo if x[:2] == (label, fold)):
+            if (dest / "results.json").exists():
+                rows = json.loads((dest / "results.json").read_text())["rows"]
+                scores[steps] = sum(r["rougeL"]["mid"] for r in rows) / len(rows)
+        if scores and len(scores) == len({x[2] for x in todo if x[:2] == (label, fold)}):
+            best = max(scores, key=scores.get)
+            (out / "tune" / label / fold / "choice.json").write_text(json.dumps(
+                {"steps": best, "mean_valid_rougeL": scores, "criterion": "mean R-L over the validation tasks at 1 and 5 shots"}))
+            print(f"[tune] {label}/{fold}: {best} steps ({scores})", flush=True)
+
+
 def _compare_jobs(plan: Plan, args, out: Path) -> list:
     jobs = []
-    common = ["--split", "test", "--shots", ",".join(map(str, plan.shots)), "--draws", 1 if args.quick else plan.draws,
-              "--seed", args.seed, "--batch-size", args.batch_size, "-q"] + (["--model", args.model] if args.model else [])
-    if args.limit:
-        common += ["--limit", args.limit]
-    for fold, (_, held) in folds(plan).items():
-        starts = {learner: out / "meta" / learner / fold for learner in plan.learners}
-        for label, start in starts.items():
+    for fold, f in folds(plan, args.folds).items():
+        held = ",".join(f.test)
+        for label in learners(plan, args):
+            start = out / "meta" / label / fold
+            if not (start / "adapters.safetensors").exists():
+                continue
             dest = out / "test" / label / fold
-            if (start / "adapters.safetensors").exists() and not (dest / "results.json").exists():
+            if not (dest / "results.json").exists():
                 jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", "reptilora",
-                                                     "--tasks", ",".join(held), "--out", dest, *common),
+                                                     "--tasks", held, "--out", dest, *_common(plan, args)),
                              dest.with_suffix(".log")))
             for variant, over in plan.variants.items():
                 dest = out / "test" / f"{label}+{variant.replace(' ', '-')}" / fold
-                flags = [x for k, v in over.items() for x in (f"--{k.replace('_', '-')}", v)]
-                if (start / "adapters.safetensors").exists() and not (dest / "results.json").exists():
+                if not (dest / "results.json").exists():
                     jobs.append((f"{label}+{variant}/{fold}", _cli("compare", "--adapters", start, "--systems", "reptilora",
-                                                                   "--tasks", ",".join(held), "--out", dest, *common, *flags),
-                                 dest.with_suffix(".log")))
-        any_start = next((s for s in starts.values() if (s / "adapters.safetensors").exists()), None)
-        for label, over in plan.baselines.items():  # LoRA's start reads only the rank etc. from the start
+                                                                   "--tasks", held, "--out", dest, *_common(plan, args),
+                                                                   *_flags(over)), dest.with_suffix(".log")))
+        start = _any_start(plan, out, fold)
+        for label, over in plan.baselines.items():
             dest = out / "test" / label / fold
-            if any_start and not (dest / "results.json").exists():
-                flags = [x for k, v in over.items() for x in (f"--{k.replace('_', '-')}", v)]
-                jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", any_start, "--tasks", ",".join(held),
-                                                     "--out", dest, *common, *flags), dest.with_suffix(".log")))
+            if start is None or (dest / "results.json").exists():
+                continue
+            extra = {k: v for k, v in over.items() if k not in ("tune_steps", "shots")}
+            if "tune_steps" in over:
+                steps = _tuned(plan, out, label, fold)
+                if steps is None:
+                    print(f"[test] {label}/{fold}: not tuned yet (run --stage tune)", flush=True)
+                    continue
+                extra["steps"] = steps
+            shots = [int(k) for k in str(over["shots"]).split(",")] if "shots" in over else None
+            jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--tasks", held, "--out", dest,
+                                                 *_common(plan, args, shots=shots), *_flags(extra)), dest.with_suffix(".log")))
     return jobs
 
 
@@ -185,6 +298,10 @@ def stage_test(plan: Plan, args, out: Path) -> None:
     jobs = _compare_jobs(plan, args, out)
     deadline = time.time() + args.deadline if args.deadline else None
     run_jobs(jobs, args.jobs, deadline, "test")
+
+
+def learners(plan: Plan, args) -> dict[str, dict]:
+    return {k: v for k, v in plan.learners.items() if not getattr(args, "learners", None) or k in args.learners}
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -197,9 +314,8 @@ def rows_of(plan: Plan, out: Path) -> list[dict]:
         folder = label.replace(" (", "+").rstrip(")").replace(" ", "-") if label in variants else label
         for path in sorted((out / "test" / folder).glob("*/results.json")):
             result = json.loads(path.read_text())
-            rows += [{**r, "system": label if label in plan.learners or label in variants
-                      else f"{label}" if r["system"] == "lora"
-                      else f"{label}:{r['system']}", "fold": path.parent.name} for r in result["rows"]]
+            rows += [{**r, "system": label, "fold": path.parent.name} for r in result["rows"]
+                     if "same_as" not in r]
     for label, (file, system) in plan.references.items():
         ref = json.loads((ROOT / file).read_text())
         rows += [{**r, "system": label, "reference": file} for r in ref if r["system"] == system and r["task"] in plan.pool]
@@ -218,7 +334,7 @@ def table(rows, plan: Plan, systems: list[str]) -> str:
     lines = ["| task | shots | " + " | ".join(f"{s} R-L" for s in systems) + " | " + " | ".join(f"{s} R-1" for s in systems)
              + " | " + " | ".join(f"{s} R-2" for s in systems) + " |", "|" + " --- |" * (2 + 3 * len(systems))]
     for t in plan.pool:
-        for k in plan.shots:
+        for k in sorted({r["shots"] for r in rows} | set(plan.shots)):
             cells = [_fmt(cell(rows, t, s, k), m) for m in ("rougeL", "rouge1", "rouge2") for s in systems]
             lines.append(f"| {t} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -272,17 +388,20 @@ def charts(rows, plan: Plan, systems: list[str], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     for t in plan.pool:
+        if not any(r["task"] == t for r in rows):
+            continue
+        shots = sorted({r["shots"] for r in rows if r["task"] == t})  # 20 and 50: LoRA's data-efficiency rows
         fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
         for j, s in enumerate(systems):
-            pts = [(k, cell(rows, t, s, k)) for k in plan.shots]
+            pts = [(k, cell(rows, t, s, k)) for k in shots]
             pts = [(k, r) for k, r in pts if r]
             if not pts:
                 continue
-            xs = [plan.shots.index(k) + (j - len(systems) / 2) * 0.04 for k, _ in pts]
+            xs = [shots.index(k) + (j - len(systems) / 2) * 0.04 for k, _ in pts]
             ys = [r["rougeL"]["mid"] for _, r in pts]
             err = [[y - r["rougeL"]["low"] for y, (_, r) in zip(ys, pts)], [r["rougeL"]["high"] - y for y, (_, r) in zip(ys, pts)]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=s)
-        ax.set_xticks(range(len(plan.shots)), [f"{k}-shot" for k in plan.shots])
+        ax.set_xticks(range(len(shots)), [f"{k}-shot" for k in shots])
         ax.set(title=f"{t} (held out)", ylabel="ROUGE-L F (x100)")
         ax.legend(frameon=False, fontsize=7)
         fig.tight_layout()
@@ -300,7 +419,8 @@ def charts(rows, plan: Plan, systems: list[str], out: Path) -> None:
             line = ax.plot([r["episode"] for r in recs], [r["query_loss_after"] for r in recs], label=f"without {fold}")
             ax.plot([r["episode"] for r in recs], [r["query_loss_before"] for r in recs], ls=":", color=line[0].get_color())
         ax.set(title=f"{learner}: query loss (dotted: θ, solid: adapted)", xlabel="episode", ylabel="loss")
-        ax.legend(frameon=False, fontsize=6)
+        if ax.lines:
+            ax.legend(frameon=False, fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "query-loss.png")
     plt.close(fig)
@@ -312,6 +432,9 @@ def stage_report(plan: Plan, args, out: Path) -> None:
     report.mkdir(parents=True, exist_ok=True)
     learners = [s for s in plan.learners] + [f"{x} ({v})" for x in plan.learners for v in plan.variants]
     systems = learners + [s for s in plan.references] + [s for s in plan.baselines]
+    systems = [s for s in systems if any(r["system"] == s for r in rows)]  # a plan run in parts: what exists
+    learners = [s for s in learners if s in systems]
+    plan = replace(plan, pool=[t for t in plan.pool if any(r["task"] == t for r in rows)])
     lora = next((s for s in systems if s.startswith("lora")), None)
     found = checks(rows, plan, learners + [s for s in plan.references if not s.startswith("lora")], lora)
     spent = cost(plan, out)
@@ -328,6 +451,16 @@ def stage_report(plan: Plan, args, out: Path) -> None:
               "| --- | --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {c['learner']} | {c['fold']} | {c['episodes']} | {c['seconds']} | {c['tokens']:,} | {c['peak_memory_gb']} |"
               for c in spent]
+    data = [s for s in plan.baselines if any(r["system"] == s and r["shots"] == 20 for r in rows)]
+    if data:  # the data-efficiency reference: each learner's 5-shot start against LoRA at 20 and 50 shots
+        lines += ["", "| learner | task | 5-shot R-L | LoRA 20-shot | − it | LoRA 50-shot | − it |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for s in learners:
+            for t in plan.pool:
+                r, l20, l50 = cell(rows, t, s, 5), cell(rows, t, data[0], 20), cell(rows, t, data[0], 50)
+                if r and l20 and l50:
+                    a, b, c = r["rougeL"]["mid"], l20["rougeL"]["mid"], l50["rougeL"]["mid"]
+                    lines.append(f"| {s} | {t} | {a:.2f} | {b:.2f} | {a - b:+.2f} | {c:.2f} | {a - c:+.2f} |")
     (report / "tables.md").write_text("\n".join(lines) + "\n")
     (report / "report.json").write_text(json.dumps({"rows": rows, "checks": found, "cost": spent}, indent=2))
     charts(rows, plan, systems, report)
@@ -337,7 +470,7 @@ def stage_report(plan: Plan, args, out: Path) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--plan", default="learned-adaptation", choices=sorted(PLANS))
-    ap.add_argument("--stage", default="meta,test,report", help="comma-separated: meta, test, report")
+    ap.add_argument("--stage", default="meta,tune,test,report", help="comma-separated: meta, tune, test, report")
     ap.add_argument("--out", default=None, help="default: runs/<plan>")
     ap.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct")
     ap.add_argument("--jobs", type=int, default=1, help="processes at once (meta-training runs, compare runs)")
@@ -346,18 +479,23 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="first N test examples per task (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--episodes", type=int, default=None, help="meta-training episodes of every start [the plan's]")
+    ap.add_argument("--learners", default=None, help="comma-separated: only these learners of the plan")
+    ap.add_argument("--folds", default=None, help="comma-separated: only these folds (held-out tasks or groups)")
     ap.add_argument("--quick", action="store_true", help="toy sizes on a CPU: a smoke run of every stage")
     args = ap.parse_args(argv)
     plan = PLANS[args.plan]
     args.overrides = ({"episodes": 2, "support": 2, "query": 2, "inner_steps": 1, "max_length": 96, "micro_batch": 2,
-                       "eval_every": 1, "checkpoint_every": 1} if args.quick else {})
+                       "eval_every": 1, "checkpoint_every": 1, "valid_every": 1, "valid_limit": 2, "valid_shots": "1",
+                       "valid_steps": "1", "valid_lr_scales": "1"} if args.quick else {})
+    args.learners = args.learners.split(",") if args.learners else None
+    args.folds = args.folds.split(",") if args.folds else None
     if args.episodes:
         args.overrides["episodes"] = args.episodes
     if args.quick:
         args.limit = args.limit or 3
     out = Path(args.out or f"runs/{args.plan}")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    stages = {"meta": stage_meta, "test": stage_test, "report": stage_report}
+    stages = {"meta": stage_meta, "tune": stage_tune, "test": stage_test, "report": stage_report}
     for s in args.stage.split(","):
         if s not in stages:
             ap.error(f"--stage: comma-separated among {', '.join(stages)}")

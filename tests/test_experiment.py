@@ -25,16 +25,30 @@ def test_leave_one_task_out_folds():
     plan = exp.PLANS["learned-adaptation"]
     folds = exp.folds(plan)
     assert set(folds) == set(plan.pool)
-    for held, (train, test) in folds.items():
-        assert test == [held] and held not in train and sorted(train + test) == sorted(plan.pool)
+    for held, (train, test, valid) in folds.items():
+        assert test == [held] and held not in train and sorted(train + test) == sorted(plan.pool) and valid == []
 
 
 def test_leave_one_group_out_folds():
     plan = exp.Plan("groups", ["aclsum-title", "aclsum-outcome", "pydoc", "pydoc-name", "wordnet-define"],
                     "group", {}, {"x": {}})
     folds = exp.folds(plan)
-    assert folds["aclsum"] == (["pydoc", "pydoc-name", "wordnet-define"], ["aclsum-title", "aclsum-outcome"])
+    assert folds["aclsum"] == (["pydoc", "pydoc-name", "wordnet-define"], ["aclsum-title", "aclsum-outcome"], [])
     assert folds["python"][1] == ["pydoc", "pydoc-name"] and folds["wordnet"][1] == ["wordnet-define"]
+    # with a validation group: the next group validates, and is neither trained nor tested on
+    plan.valid_group = True
+    folds = exp.folds(plan)
+    assert folds["aclsum"] == (["wordnet-define"], ["aclsum-title", "aclsum-outcome"], ["pydoc", "pydoc-name"])
+    assert folds["wordnet"] == (["pydoc", "pydoc-name"], ["wordnet-define"], ["aclsum-title", "aclsum-outcome"])
+    assert exp.folds(plan, ["python"]).keys() == {"python"}
+
+
+def test_the_pool_plan_covers_every_learner_and_baseline():
+    plan = exp.PLANS["pool"]
+    assert len(plan.pool) == 15 and len(exp.folds(plan)) == 6
+    assert {"reptile", "reptile-validated", "fomaml", "meta-lora", "maml", "meta-sgd", "maml++"} == set(plan.learners)
+    assert "validate" not in plan.learners["reptile"] and plan.learners["reptile-validated"]["validate"]
+    assert plan.baselines["lora-data"]["shots"] == "5,20,50" and plan.baselines["lora"]["tune_steps"] == [7, 21]
 
 
 def test_checks_compare_with_the_unadapted_start_and_lora():
@@ -64,7 +78,8 @@ def test_report_from_a_run_cut_short(tmp_path):
          "query_loss_after": 2.5}) + "\n" for e in range(4)))
     exp.stage_report(plan, Namespace(), tmp_path)
     text = (tmp_path / "report" / "tables.md").read_text()
-    assert "| pydoc | 1 | – | 16.00 [15.0, 17.0] |" in text  # Meta-SGD never ran: a dash, not a crash
+    assert "| pydoc | 1 | 16.00 [15.0, 17.0] |" in text  # Meta-SGD never ran: left out, not a crash
+    assert "meta-sgd R-L" not in text
     assert "| maml++ | pydoc | 4 | 8.0 | 400 | 9.5 |" in text  # episodes, time, tokens, peak
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {r["system"] for r in report["rows"]} >= {"maml++", "reptile (#8)", "lora (#8)"}
