@@ -264,3 +264,24 @@ def test_no_task_reads_debian_package_descriptions():
         text = path.read_text()
         for forbidden in ("/var/lib/apt/lists", "dpkg/status", "apt-cache", "Packages.gz", "Packages.xz"):
             assert forbidden not in text, (path.name, forbidden)
+
+
+def test_a_portable_task_cache_builds_the_same_tasks_without_the_sources(tmp_path, monkeypatch):
+    """A lent GPU has no Debian corpora: MLX_REPTILORA_TASK_CACHE points at corpora parsed here."""
+    import shutil
+
+    from mlx_reptilora.errors import UserError
+    from mlx_reptilora.paths import cache_dir
+
+    here = tasks.load("numpy-doc")  # parses (or reads) the corpus into this machine's cache
+    portable = tmp_path / "portable"
+    portable.mkdir()
+    for f in (cache_dir() / "tasks").glob("numpy-docstrings-*.json"):
+        shutil.copy2(f, portable / f.name)
+    monkeypatch.setenv("MLX_REPTILORA_TASK_CACHE", str(portable))
+    monkeypatch.setenv("MLX_REPTILORA_CACHE", str(tmp_path / "elsewhere"))
+    there = tasks.load("numpy-doc")
+    assert there.splits == here.splits
+    monkeypatch.setenv("MLX_REPTILORA_TASK_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="holds no parsed numpy-docstrings corpus"):
+        tasks.load("numpy-doc")

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after ../shared/device/stage.py's chunks are unstaged and with .whl carried
-# (aclsum, rouge-score, nltk, typer and their pure-Python dependencies): scripts/experiment.py for one
-# plan within $2 seconds of lent time, every stage time-boxed, and what exists packed into $OUT.
+# (aclsum, rouge-score, nltk, typer, pydantic and their pure-Python dependencies) and, for the pool's
+# Debian corpora, .taskcache (a copy of ~/.cache/mlx-reptilora/tasks made where they are installed):
+# scripts/experiment.py for one plan within $2 seconds of lent time, every stage time-boxed, and what
+# exists packed into $OUT.
 # A later lease carries the packed starts back as .exp/ and the driver skips what is done.
 #   bash scripts/device/experiment_learners_gpu.sh learned-adaptation 540
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 # 10 processes on one GPU: each keeps at most 3 GB of freed buffers (without a cap they ran an H200 out)
 export MLX_REPTILORA_CACHE_LIMIT_GB=${MLX_REPTILORA_CACHE_LIMIT_GB:-3}
+[ -d .taskcache ] && export MLX_REPTILORA_TASK_CACHE=$PWD/.taskcache
 STAGES=${STAGES:-meta,test}  # STAGES=meta: all the time left to meta-training; STAGES=test: to testing
 GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
 plan=$1 budget=$2; shift 2
@@ -22,11 +25,11 @@ mkdir -p $EXP
 for t in .exp/*.tar; do [ -f "$t" ] && tar xf "$t" -C $EXP; done
 left() { echo $((budget - (SECONDS - t0))); }
 # What is left after setup: ~45% meta-training, ~40% testing, the rest for finishing, report, packing.
-meta=$(( $(left) * 45 / 100 )); [ "$STAGES" = meta ] && meta=$(( $(left) - 60 ))
+meta=$(( $(left) * ${META_SHARE:-45} / 100 )); [ "$STAGES" = meta ] && meta=$(( $(left) - 60 ))
 [[ $STAGES == *meta* ]] && python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage meta --jobs ${JOBS:-10} \
     --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
-test=$(( $(left) - 45 )); [ $test -gt 20 ] || test=20
-[[ $STAGES == *test* ]] && python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage test --jobs ${JOBS:-10} \
+test=$(( ($(left) - 45) / 2 )); [ $test -gt 20 ] || test=20  # tune, then test, each at most this
+[[ $STAGES == *test* ]] && python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage tune,test --jobs ${JOBS:-10} \
     --deadline $test --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
 python3 scripts/experiment.py --plan $plan --out $EXP --stage report "$@" > $EXP/report.log 2>&1; tail -5 $EXP/report.log
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader

@@ -32,7 +32,14 @@ def split(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+# A folder of corpora parsed on another machine (its ~/.cache/mlx-reptilora/tasks): a machine without
+# the Debian packages (a lent GPU) then builds the very same tasks, and nothing is parsed again.
+PORTABLE = "MLX_REPTILORA_TASK_CACHE"
+
+
 def require(path: Path, what: str, install: str) -> Path:
+    if os.environ.get(PORTABLE):
+        return path
     if not path.exists():
         raise UserError(f"{what} is not installed ({path} is missing): {install}")
     return path
@@ -40,6 +47,13 @@ def require(path: Path, what: str, install: str) -> Path:
 
 def cached(name: str, sources: list[Path], build: Callable[[], list[dict]]) -> list[dict]:
     """build() once per version of its source files; later loads read the JSON."""
+    portable = os.environ.get(PORTABLE)
+    if portable:
+        found = sorted(Path(portable).glob(f"{name}-*.json"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"{PORTABLE}={portable} holds no parsed {name} corpus ({name}-*.json); build it where "
+                            f"the corpus is installed with `mlx-reptilora tasks` and copy ~/.cache/mlx-reptilora/tasks")
+        return json.loads(found[-1].read_text())
     ident = ":".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources) + f":{FORMAT}"
     path = cache_dir() / "tasks" / f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
     if path.exists():
