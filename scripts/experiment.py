@@ -94,7 +94,7 @@ PLANS = {
               "numpy-doc", "numpy-name", "wordnet-define", "wordnet-name", "foldoc-name", "foldoc-define",
               "jargon-name", "manpage-summary", "manpage-name"],
         hold_out="group", valid_group=True,
-        common={"episodes": 200, "max_length": 512, "eval_every": 10, "checkpoint_every": 25, "keep_checkpoints": 2,
+        common={"episodes": 200, "max_length": 512, "eval_every": 10, "checkpoint_every": 10, "keep_checkpoints": 2,
                 "micro_batch": 8, "valid_limit": 32},
         learners={"reptile": PAPER_REPTILE,
                   "reptile-validated": {**PAPER_REPTILE, **VALIDATE},
