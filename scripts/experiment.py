@@ -424,6 +424,21 @@ def charts(rows, plan: Plan, systems: list[str], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "query-loss.png")
     plt.close(fig)
+    validated = [x for x in plan.learners if any("valid" in r for name, _, path in runs if name == x and path.exists()
+                                                  for r in map(json.loads, path.read_text().splitlines()))]
+    if not validated:
+        return
+    fig, axes = plt.subplots(1, len(validated), figsize=(4.5 * len(validated), 3.2), dpi=120, squeeze=False)
+    for ax, learner in zip(axes[0], validated):  # meta-validation: the best grid point's score per episode
+        for name, fold, path in runs:
+            if name == learner and path.exists():
+                recs = [r for r in map(json.loads, path.read_text().splitlines()) if "valid" in r]
+                ax.plot([r["episode"] + 1 for r in recs], [r["score"] for r in recs], marker="o", label=f"without {fold}")
+        ax.set(title=f"{learner}: meta-validation", xlabel="episode", ylabel="mean valid ROUGE-L")
+        ax.legend(frameon=False, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "meta-validation.png")
+    plt.close(fig)
 
 
 def stage_report(plan: Plan, args, out: Path) -> None:
