@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     from .model import backend
 
-    backend.limit_cache()
     try:
+        backend.limit_cache()
         code = app(args=argv, standalone_mode=False)  # errors come here, to be said in one line
         return code if isinstance(code, int) else 0
     except UserError as e:

@@ -132,28 +132,44 @@ def _cli(*argv) -> list[str]:
     return [sys.executable, "-m", "mlx_reptilora", *map(str, argv)]
 
 
+GRACE = 60  # seconds a job has after SIGINT (a checkpoint to write) before SIGTERM, and again before SIGKILL
+
+
 def run_jobs(jobs: list[tuple[str, list[str], Path]], n: int, deadline: float | None = None, what: str = "") -> dict:
-    """Run (name, argv, log) jobs n at a time. At `deadline` (time.time()), the running ones get
-    SIGINT (meta-train checkpoints and stops) and the rest are not started. {name: exit code}."""
+    """Run (name, argv, log) jobs n at a time; {name: (exit code, stopped by the deadline)}. At
+    `deadline` (time.time()) the running ones get SIGINT once (meta-train checkpoints and stops; a
+    second one would cut that checkpoint short), SIGTERM GRACE s later, SIGKILL GRACE s after that
+    (a process compiling kernels only sees signals between them); the rest are not started."""
     todo, running, codes = list(jobs), [], {}
     while todo or running:
         while todo and len(running) < n and (deadline is None or time.time() < deadline):
             name, argv, log = todo.pop(0)
             log.parent.mkdir(parents=True, exist_ok=True)
             print(f"[{what}] start {name}", flush=True)
-            running.append((name, subprocess.Popen(argv, stdout=open(log, "a"), stderr=subprocess.STDOUT), time.time()))
-        if deadline is not None and time.time() >= deadline:
-            for _, proc, _ in running:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
+            with open(log, "a") as f:  # the child keeps its own descriptor
+                running.append([name, subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT), time.time(), None])
+        now = time.time()
+        if deadline is not None and now >= deadline:
             todo.clear()
+            for job in running:
+                proc, signalled = job[1], job[3]
+                if proc.poll() is not None:
+                    continue
+                if signalled is None:
+                    proc.send_signal(signal.SIGINT)
+                    job[3] = now
+                elif now - signalled > 2 * GRACE:
+                    proc.kill()
+                elif now - signalled > GRACE:
+                    proc.terminate()
         time.sleep(1)
-        for item in list(running):
-            name, proc, t0 = item
+        for job in list(running):
+            name, proc, t0, signalled = job
             if proc.poll() is not None:
-                running.remove(item)
-                codes[name] = proc.returncode
-                print(f"[{what}] {name}: exit {proc.returncode} after {time.time() - t0:.0f} s", flush=True)
+                running.remove(job)
+                codes[name] = (proc.returncode, signalled is not None)
+                print(f"[{what}] {name}: exit {proc.returncode} after {time.time() - t0:.0f} s"
+                      + (" (stopped by the deadline)" if signalled else ""), flush=True)
     return codes
 
 
@@ -173,7 +189,7 @@ def stage_meta(plan: Plan, args, out: Path) -> None:
                 continue
             settings_all = {**plan.common, **settings, "tasks": ",".join(f.train), "out": str(folder),
                             "seed": args.seed, "quiet": True, **args.overrides}
-            if settings_all.pop("validate", False):
+            if settings_all.pop("validate", False) and f.valid:
                 settings_all["valid_tasks"] = ",".join(f.valid)
             else:
                 settings_all = {k: v for k, v in settings_all.items() if not k.startswith("valid_")}
@@ -186,16 +202,22 @@ def stage_meta(plan: Plan, args, out: Path) -> None:
             resume = ["--resume"] if _latest_episode(folder) is not None else []
             jobs.append((f"{learner}/{fold}", _cli("meta-train", "-c", cfg, *resume), out / "meta" / learner / f"{fold}.log"))
     deadline = time.time() + args.deadline if args.deadline else None
-    run_jobs(jobs, args.jobs, deadline, "meta")
-    # Runs stopped by the deadline: finish each start at the episode it reached.
-    finish = []
-    for name, (cfg, folder) in configs.items():
+    codes = run_jobs(jobs, args.jobs, deadline, "meta")
+    # Runs the deadline stopped (only those: a run that failed on its own is reported, not frozen)
+    # are finished at the episode they reached; each is meta-validated there if it validates.
+    finish, failed = [], []
+    for name, (code, stopped) in codes.items():
+        cfg, folder = configs[name]
         reached = _latest_episode(folder)
-        if not (folder / "adapters.safetensors").exists() and reached:
+        if stopped and reached and not (folder / "adapters.safetensors").exists():
             finish.append((name, _cli("meta-train", "-c", cfg, "--resume", "--episodes", reached), folder.with_suffix(".log")))
+        elif code != 0 and not stopped:
+            failed.append(name)
     if finish:
-        run_jobs(finish, args.jobs, None, "finish")
+        run_jobs(finish, args.jobs, deadline + 2 * GRACE if deadline else None, "finish")
     missing = [n for n, (_, f) in configs.items() if not (f / "adapters.safetensors").exists()]
+    if failed:
+        print(f"[meta] FAILED (see their logs): {failed}", flush=True)
     if missing:
         print(f"[meta] no start yet for {missing}: re-run to continue them", flush=True)
 
@@ -252,8 +274,10 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
                 scores[steps] = sum(r["rougeL"]["mid"] for r in rows) / len(rows)
         if scores and len(scores) == len({x[2] for x in todo if x[:2] == (label, fold)}):
             best = max(scores, key=scores.get)
-            (out / "tune" / label / fold / "choice.json").write_text(json.dumps(
+            choice = out / "tune" / label / fold / "choice.json"
+            choice.with_suffix(".tmp").write_text(json.dumps(
                 {"steps": best, "mean_valid_rougeL": scores, "criterion": "mean R-L over the validation tasks at 1 and 5 shots"}))
+            os.replace(choice.with_suffix(".tmp"), choice)  # a half-written choice never reaches the test stage
             print(f"[tune] {label}/{fold}: {best} steps ({scores})", flush=True)
 
 
@@ -364,6 +388,17 @@ def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict
     return found
 
 
+def _records(path: Path) -> list[dict]:
+    """A metrics.jsonl's records; a line cut short by a kill is skipped."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def cost(plan: Plan, out: Path) -> list[dict]:
     """Per learner and fold: episodes, time in episodes, tokens, peak memory (from metrics.jsonl)."""
     found = []
@@ -372,16 +407,19 @@ def cost(plan: Plan, out: Path) -> list[dict]:
             path = out / "meta" / learner / fold / "metrics.jsonl"
             if not path.exists():
                 continue
-            recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            recs = [r for r in recs if "seconds" in r]
-            found.append({"learner": learner, "fold": fold, "episodes": len(recs),
+            recs = [r for r in _records(path) if "seconds" in r]
+            config = path.parent / "adapter_config.json"
+            kept = json.loads(config.read_text()).get("selected_episode", "") if config.exists() else "not finished"
+            found.append({"learner": learner, "fold": fold, "episodes": len(recs), "kept": kept,
                           "seconds": round(sum(r["seconds"] for r in recs), 1),
                           "tokens": sum(r["tokens"] for r in recs),
                           "peak_memory_gb": max((r.get("peak_memory_gb", 0) for r in recs), default=0)})
     return found
 
 
-def charts(rows, plan: Plan, systems: list[str], out: Path) -> None:
+def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = None) -> None:
+    """ROUGE-L against shots per task of `plan`; query-loss and meta-validation curves of every run
+    of `full` (the plan before it was narrowed to the tasks with test rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,15 +445,15 @@ def charts(rows, plan: Plan, systems: list[str], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / f"{t}.png")
         plt.close(fig)
-    runs = [(learner, fold, out.parent / "meta" / learner / fold / "metrics.jsonl") for learner in plan.learners
-            for fold in folds(plan)]
+    full = full or plan
+    runs = [(learner, fold, out.parent / "meta" / learner / fold / "metrics.jsonl") for learner in full.learners
+            for fold in folds(full)]
     fig, axes = plt.subplots(1, len(plan.learners), figsize=(4.5 * len(plan.learners), 3.2), dpi=120, squeeze=False)
     for ax, learner in zip(axes[0], plan.learners):
         for name, fold, path in runs:
             if name != learner or not path.exists():
                 continue
-            recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            recs = [r for r in recs if "query_loss_after" in r]
+            recs = [r for r in _records(path) if "query_loss_after" in r]
             line = ax.plot([r["episode"] for r in recs], [r["query_loss_after"] for r in recs], label=f"without {fold}")
             ax.plot([r["episode"] for r in recs], [r["query_loss_before"] for r in recs], ls=":", color=line[0].get_color())
         ax.set(title=f"{learner}: query loss (dotted: θ, solid: adapted)", xlabel="episode", ylabel="loss")
@@ -425,14 +463,14 @@ def charts(rows, plan: Plan, systems: list[str], out: Path) -> None:
     fig.savefig(out / "query-loss.png")
     plt.close(fig)
     validated = [x for x in plan.learners if any("valid" in r for name, _, path in runs if name == x and path.exists()
-                                                  for r in map(json.loads, path.read_text().splitlines()))]
+                                                  for r in _records(path))]
     if not validated:
         return
     fig, axes = plt.subplots(1, len(validated), figsize=(4.5 * len(validated), 3.2), dpi=120, squeeze=False)
     for ax, learner in zip(axes[0], validated):  # meta-validation: the best grid point's score per episode
         for name, fold, path in runs:
             if name == learner and path.exists():
-                recs = [r for r in map(json.loads, path.read_text().splitlines()) if "valid" in r]
+                recs = [r for r in _records(path) if "valid" in r]
                 ax.plot([r["episode"] + 1 for r in recs], [r["score"] for r in recs], marker="o", label=f"without {fold}")
         ax.set(title=f"{learner}: meta-validation", xlabel="episode", ylabel="mean valid ROUGE-L")
         ax.legend(frameon=False, fontsize=6)
@@ -449,10 +487,10 @@ def stage_report(plan: Plan, args, out: Path) -> None:
     systems = learners + [s for s in plan.references] + [s for s in plan.baselines]
     systems = [s for s in systems if any(r["system"] == s for r in rows)]  # a plan run in parts: what exists
     learners = [s for s in learners if s in systems]
-    plan = replace(plan, pool=[t for t in plan.pool if any(r["task"] == t for r in rows)])
+    full, plan = plan, replace(plan, pool=[t for t in plan.pool if any(r["task"] == t for r in rows)])
     lora = next((s for s in systems if s.startswith("lora")), None)
     found = checks(rows, plan, learners + [s for s in plan.references if not s.startswith("lora")], lora)
-    spent = cost(plan, out)
+    spent = cost(full, out)  # every start meta-trained so far, tested or not
     lines = [f"# {plan.about}", "", table(rows, plan, systems),
              "ROUGE F x100, bootstrap mean [95% interval]; k > 0: the draws pooled; test splits; every start "
              "adapted with its own recipe.", "",
@@ -462,10 +500,10 @@ def stage_report(plan: Plan, args, out: Path) -> None:
         lines.append(f"| {c['system']} | {c['task']} | {c['shots']} | {c['rougeL']:.2f} | {c['vs_start']:+.2f} | "
                      f"{'yes' if c['below_start_apart'] else 'no'} | {c.get('vs_lora', float('nan')):+.2f} | "
                      f"{'yes' if c.get('lora_apart') else 'no'} |")
-    lines += ["", "| learner | fold (held out) | episodes | time in episodes (s) | tokens | peak memory (GB) |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {c['learner']} | {c['fold']} | {c['episodes']} | {c['seconds']} | {c['tokens']:,} | {c['peak_memory_gb']} |"
-              for c in spent]
+    lines += ["", "| learner | fold (held out) | episodes | θ kept (meta-validation) | time in episodes (s) | tokens | "
+              "peak memory (GB) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {c['learner']} | {c['fold']} | {c['episodes']} | {c['kept'] or 'the last'} | {c['seconds']} | "
+              f"{c['tokens']:,} | {c['peak_memory_gb']} |" for c in spent]
     data = [s for s in plan.baselines if any(r["system"] == s and r["shots"] == 20 for r in rows)]
     if data:  # the data-efficiency reference: each learner's 5-shot start against LoRA at 20 and 50 shots
         lines += ["", "| learner | task | 5-shot R-L | LoRA 20-shot | − it | LoRA 50-shot | − it |",
@@ -478,7 +516,7 @@ def stage_report(plan: Plan, args, out: Path) -> None:
                     lines.append(f"| {s} | {t} | {a:.2f} | {b:.2f} | {a - b:+.2f} | {c:.2f} | {a - c:+.2f} |")
     (report / "tables.md").write_text("\n".join(lines) + "\n")
     (report / "report.json").write_text(json.dumps({"rows": rows, "checks": found, "cost": spent}, indent=2))
-    charts(rows, plan, systems, report)
+    charts(rows, plan, systems, report, full)
     print((report / "tables.md").read_text())
 
 

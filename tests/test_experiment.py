@@ -8,6 +8,10 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
+
+from mlx_reptilora.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("experiment", ROOT / "scripts" / "experiment.py")
 exp = importlib.util.module_from_spec(spec)
@@ -80,7 +84,7 @@ def test_report_from_a_run_cut_short(tmp_path):
     text = (tmp_path / "report" / "tables.md").read_text()
     assert "| pydoc | 1 | 16.00 [15.0, 17.0] |" in text  # Meta-SGD never ran: left out, not a crash
     assert "meta-sgd R-L" not in text
-    assert "| maml++ | pydoc | 4 | 8.0 | 400 | 9.5 |" in text  # episodes, time, tokens, peak
+    assert "| maml++ | pydoc | 4 | not finished | 8.0 | 400 | 9.5 |" in text  # episodes, time, tokens, peak
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {r["system"] for r in report["rows"]} >= {"maml++", "reptile (#8)", "lora (#8)"}
     assert (tmp_path / "report" / "pydoc.png").exists() and (tmp_path / "report" / "query-loss.png").exists()
@@ -93,8 +97,19 @@ def test_the_deadline_interrupts_running_jobs_and_skips_the_rest(tmp_path):
     import time
 
     codes = exp.run_jobs(jobs, 2, time.time() + 2, "test")
-    assert codes == {"j0": 130, "j1": 130}  # j2 never started
+    assert codes == {"j0": (130, True), "j1": (130, True)}  # j2 never started
     assert (tmp_path / "j0.log").read_text().strip() == "checkpointed"
+
+
+def test_a_job_deaf_to_the_deadline_is_killed_after_the_grace(tmp_path, monkeypatch):
+    monkeypatch.setattr(exp, "GRACE", 1)
+    deaf = [sys.executable, "-c", "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                  "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"]
+    import time
+
+    t = time.time()
+    codes = exp.run_jobs([("deaf", deaf, tmp_path / "deaf.log")], 1, time.time() + 1, "test")
+    assert codes == {"deaf": (-9, True)} and time.time() - t < 15
 
 
 def test_cache_limit_from_the_environment(monkeypatch):
@@ -109,3 +124,6 @@ def test_cache_limit_from_the_environment(monkeypatch):
         assert mx.set_cache_limit(before) == 500_000_000
     finally:
         mx.set_cache_limit(before)
+    monkeypatch.setenv("MLX_REPTILORA_CACHE_LIMIT_GB", "3GB")
+    with pytest.raises(UserError, match="expected a number of GB"):
+        backend.limit_cache()

@@ -77,6 +77,19 @@ def test_resume_is_bit_identical_with_validation(run, tmp_path):
     assert valid_records(out) == valid_records(run)
 
 
+def test_validation_leaves_meta_training_unchanged(run, tmp_path):
+    """The same run without --valid-tasks ends at the same θ (validation adapts copies, on its own
+    inner loops, and every task of training reseeds its RNG)."""
+    plain = [a for i, a in enumerate(ARGS) if not (a.startswith("--valid") or (i and ARGS[i - 1].startswith("--valid")))]
+    out = tmp_path / "plain"
+    r = cli("meta-train", *plain, "--episodes", "4", "--out", out)
+    assert r.returncode == 0, r.stderr
+    _, with_validation = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    _, without = checkpoint.load(checkpoint.latest(out / "checkpoints"))
+    assert all(mx.array_equal(with_validation["theta"][k], without["theta"][k]).item() for k in without["theta"])
+    assert not valid_records(out) and "best" not in without
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "aclsum-title,pydoc-name", "--valid-tasks", "pydoc-name"], "also in --tasks"),
     (["--tasks", "pydoc", "--valid-tasks", "pydoc-name"], "shares its documents with the training task pydoc"),

@@ -285,3 +285,8 @@ def test_a_portable_task_cache_builds_the_same_tasks_without_the_sources(tmp_pat
     monkeypatch.setenv("MLX_REPTILORA_TASK_CACHE", str(tmp_path / "empty"))
     with pytest.raises(UserError, match="holds no parsed numpy-docstrings corpus"):
         tasks.load("numpy-doc")
+    stale = portable / "numpy-docstrings-0123456789ab.json"  # another version: which one is meant?
+    stale.write_text("[]")
+    monkeypatch.setenv("MLX_REPTILORA_TASK_CACHE", str(portable))
+    with pytest.raises(UserError, match="holds 2 versions of the parsed numpy-docstrings corpus"):
+        tasks.load("numpy-doc")

@@ -152,6 +152,7 @@ class Setup:
     inner: InnerLoop
     learner: Learner
     best: dict | None = None  # meta-validation's best so far: score, episode, recipe, theta, rates
+    last_valid: int | None = None  # the episode meta-validated last
 
 
 def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None) -> Setup:
@@ -263,7 +264,7 @@ def snapshot(episode: int, theta: dict, s: Setup, nonfinite: int) -> dict:
     groups = {"theta": theta, "learner": s.learner.state()}
     if not s.learner.cfg.reset_optimizer:
         groups["inner_optimizer"] = dict(tree_flatten(s.inner.optimizer_state()))
-    info = {"sampler": s.sampler.state(), "nonfinite": nonfinite}
+    info = {"sampler": s.sampler.state(), "nonfinite": nonfinite, "last_valid": s.last_valid}
     if s.best is not None:
         groups.update(best=s.best["theta"], best_rates=s.best["rates"])
         info["best"] = {k: s.best[k] for k in ("score", "loss", "episode", "recipe")}
@@ -294,6 +295,7 @@ def restore(path: Path | None, s: Setup, world: World) -> tuple[int, dict, int] 
     groups = {g: world.broadcast(t) for g, t in groups.items()}
     s.sampler.restore(info["sampler"])
     s.learner.load_state(groups.get("learner", {}))
+    s.last_valid = info.get("last_valid")
     if info.get("best"):
         s.best = {**info["best"], "theta": groups["best"], "rates": groups.get("best_rates", {})}
     if "inner_optimizer" in groups:
@@ -362,10 +364,12 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, valida
             theta, nonfinite = new_theta, 0
             metrics and metrics.write(record)
             progress.update(episode + 1, summary(record))
-            if check and ((episode + 1) % cfg.valid_every == 0 or episode + 1 == cfg.episodes):
+            if check and (episode + 1) % cfg.valid_every == 0:
                 metrics.write(meta_validate(check, theta, s, episode, progress))
             if (episode + 1) % cfg.checkpoint_every == 0 and episode + 1 < cfg.episodes:
                 save(ckpt_dir, snapshot(episode + 1, theta, s, nonfinite), cfg.keep_checkpoints, world)
+        if check and s.last_valid != cfg.episodes - 1:  # θ at the end is a candidate too (also when a run
+            metrics.write(meta_validate(check, theta, s, cfg.episodes - 1, progress))  # is finished early)
     except (KeyboardInterrupt, RankLost):
         save(ckpt_dir, at_start, cfg.keep_checkpoints, world)  # the episode in flight is redone on --resume
         progress.log(f"stopped: checkpoint after episode {at_start['episode']} in {ckpt_dir}; continue with --resume")
@@ -378,6 +382,11 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, valida
         raise UserError("the meta-learned adapters are not finite")
     if world.main:
         best = s.best  # meta-validated: the best θ, its learned rates and its best adaptation setting
+        # the recipe first, the adapters last: a folder with adapters.safetensors is a finished start
+        if best:
+            recipe.write(out, best["recipe"], best["rates"])
+        else:
+            recipe.write(out, s.learner.recipe(), s.learner.learned())
         s.inner.set_weights(best["theta"] if best else theta)
         adapters.save(s.base.model, s.lora, out, extra={
             "meta_learned": s.learner.name, "learner": s.learner.describe(), "episodes": cfg.episodes,
@@ -385,11 +394,8 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, valida
             "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
             "base_model": s.base.name, "base_model_id": hub.base_id(s.base.name, s.base.path), "seed": cfg.seed})
         if best:
-            recipe.write(out, best["recipe"], best["rates"])
             progress.log(f"kept θ after episode {best['episode'] + 1} (mean valid ROUGE-L {best['score']:.2f}); "
                          f"recipe: {recipe.read(out).describe()}")
-        else:
-            recipe.write(out, s.learner.recipe(), s.learner.learned())
         progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
 
@@ -399,6 +405,7 @@ def meta_validate(check, theta: dict, s: Setup, episode: int, progress: Progress
     t0 = time.perf_counter()
     record = check(theta, recipe.of(s.learner), episode)
     improved = s.best is None or (record["score"], -record["loss"]) > (s.best["score"], -s.best["loss"])
+    s.last_valid = episode
     if improved:
         s.best = {"score": record["score"], "loss": record["loss"], "episode": episode, "recipe": record["recipe"],
                   "theta": dict(theta), "rates": dict(s.learner.learned())}

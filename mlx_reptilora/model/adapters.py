@@ -98,8 +98,8 @@ def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, ex
     out.mkdir(parents=True, exist_ok=True)
     config = {"fine_tune_type": "lora", "num_layers": n_layers,
               "lora_parameters": cfg.mlx_lm_parameters(), "lora_alpha": cfg.alpha, **(extra or {})}
-    atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, weights))
     atomic_write_text(out / CONFIG, json.dumps(config, indent=2))
+    atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, weights))  # last: its presence means done
     return out
 
 

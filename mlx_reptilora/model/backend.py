@@ -17,7 +17,15 @@ def limit_cache() -> None:
 
     gb = os.environ.get("MLX_REPTILORA_CACHE_LIMIT_GB")
     if gb:
-        mx.set_cache_limit(int(float(gb) * 1e9))
+        try:
+            limit = float(gb)
+        except ValueError:
+            limit = -1.0
+        if not limit >= 0:
+            from ..errors import UserError
+
+            raise UserError(f"MLX_REPTILORA_CACHE_LIMIT_GB={gb!r}: expected a number of GB, e.g. 3")
+        mx.set_cache_limit(int(limit * 1e9))
 
 
 def backend_name() -> str:

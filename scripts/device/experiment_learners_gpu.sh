@@ -22,20 +22,35 @@ python3 -c "import sys, mlx.core as mx, mlx_lm; print(sys.version.split()[0], 'm
 python3 -m mlx_reptilora info --model "$GGUF" | tail -3       # converts the GGUF once, before the jobs race
 python3 -m mlx_reptilora tasks --model "$GGUF" | tail -3      # caches pydoc once
 mkdir -p $EXP
-ls .exp/starts.tar.part* > /dev/null 2>&1 && cat .exp/starts.tar.part* | tar xf - -C $EXP  # a lease's starts
+if ls .exp/starts.tar.part* > /dev/null 2>&1; then  # a former lease's starts, only when every part is whole
+  (cd .exp && sha256sum -c --quiet starts.sha256) && cat .exp/starts.tar.part* | tar xf - -C $EXP \
+    || echo "the starts in .exp/ are incomplete (a part is missing or damaged): not used"
+fi
 left() { echo $((budget - (SECONDS - t0))); }
-# What is left after setup: ~45% meta-training, ~40% testing, the rest for finishing, report, packing.
-meta=$(( $(left) * ${META_SHARE:-45} / 100 )); [ "$STAGES" = meta ] && meta=$(( $(left) - 60 ))
-[[ $STAGES == *meta* ]] && python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage meta --jobs ${JOBS:-10} \
-    --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
-test=$(( ($(left) - 45) / 2 )); [ $test -gt 20 ] || test=20  # tune, then test, each at most this
-[[ $STAGES == *test* ]] && python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage tune,test --jobs ${JOBS:-10} \
-    --deadline $test --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
+pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back): after each stage, so a cut lease keeps it
+  (cd $EXP && tar czf $OUT/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
+   tar czf $OUT/predictions.tar.gz $(find test -name predictions -type d 2>/dev/null) 2>/dev/null
+   # the starts (adapters, config, recipe, learned rates) in 15 MiB parts with their checksums: copy
+   # them and starts.sha256 into .exp/ here and carry .exp to a later lease to test them there
+   rm -f $OUT/starts.tar.part*
+   tar cf - --exclude=checkpoints --exclude='*.log' --exclude=metrics.jsonl meta 2>/dev/null | split -b 15M -d - $OUT/starts.tar.part
+   cd $OUT && sha256sum starts.tar.part* > starts.sha256)
+}
+# What is left after setup: ~45% meta-training, the rest testing, finishing, report and packing. A
+# stage may run 2 x 60 s past its deadline (a checkpoint to write, then SIGTERM, then SIGKILL).
+meta=$(( $(left) * ${META_SHARE:-45} / 100 - 120 )); [ "$STAGES" = meta ] && meta=$(( $(left) - 200 ))
+[ $meta -gt 30 ] || meta=30
+if [[ $STAGES == *meta* ]]; then
+  timeout $(( $(left) - 30 )) python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage meta \
+      --jobs ${JOBS:-10} --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
+  pack
+fi
+test=$(( ($(left) - 200) / 2 )); [ $test -gt 20 ] || test=20  # tune, then test, each at most this
+if [[ $STAGES == *test* ]]; then
+  timeout $(( $(left) - 30 )) python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage tune,test \
+      --jobs ${JOBS:-10} --deadline $test --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
+fi
 python3 scripts/experiment.py --plan $plan --out $EXP --stage report "$@" > $EXP/report.log 2>&1; tail -5 $EXP/report.log
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-cd $EXP && tar czf $OUT/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
-tar czf $OUT/predictions.tar.gz $(find test -name predictions -type d) 2>/dev/null
-# The starts (adapters, config, recipe, learned rates, metrics) in 15 MiB parts (a command returns at
-# most 8 files of 16 MiB): copy them into .exp/ here and carry .exp to a later lease to test them there.
-tar cf - --exclude=checkpoints --exclude='*.log' meta 2>/dev/null | split -b 15M -d - $OUT/starts.tar.part
+pack
 ls -la $OUT; echo "used $((SECONDS - t0)) s of $budget"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -49,11 +50,13 @@ def cached(name: str, sources: list[Path], build: Callable[[], list[dict]]) -> l
     """build() once per version of its source files; later loads read the JSON."""
     portable = os.environ.get(PORTABLE)
     if portable:
-        found = sorted(Path(portable).glob(f"{name}-*.json"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UserError(f"{PORTABLE}={portable} holds no parsed {name} corpus ({name}-*.json); build it where "
-                            f"the corpus is installed with `mlx-reptilora tasks` and copy ~/.cache/mlx-reptilora/tasks")
-        return json.loads(found[-1].read_text())
+        found = [p for p in Path(portable).glob(f"{name}-*.json") if re.fullmatch(rf"{name}-[0-9a-f]{{12}}\.json", p.name)]
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)} versions of the"
+            raise UserError(f"{PORTABLE}={portable} holds {what} parsed {name} corpus ({name}-*.json): copy exactly "
+                            f"one, from where it is installed (`mlx-reptilora tasks` parses it into "
+                            f"~/.cache/mlx-reptilora/tasks)")
+        return json.loads(found[0].read_text())
     ident = ":".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources) + f":{FORMAT}"
     path = cache_dir() / "tasks" / f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
     if path.exists():
