@@ -112,6 +112,24 @@ PLANS = {
 }
 
 
+def tested(plan: Plan, names=None) -> dict[str, tuple[str, str, dict]]:
+    """Every tested system of the learners (`names`, default all): label -> (learner, its test
+    folder under test/, extra compare settings). A variant is "maml++ (steps auto)" in test/maml++
+    +steps-auto/."""
+    names = list(names or plan.learners)
+    out = {x: (x, x, {}) for x in names}
+    out.update({f"{x} ({v})": (x, f"{x}+{v.replace(' ', '-')}", over) for x in names for v, over in plan.variants.items()})
+    return out
+
+
+def finished(start: Path) -> bool:
+    return (start / "adapters.safetensors").exists()  # written last: a start with it is complete
+
+
+def _deadline(args) -> float | None:
+    return time.time() + args.deadline if args.deadline else None
+
+
 def folds(plan: Plan, only: list[str] | None = None) -> dict[str, Fold]:
     """fold name -> Fold(training tasks, held-out tasks, validation tasks)."""
     if plan.hold_out == "task":
@@ -177,7 +195,7 @@ def _latest_episode(folder: Path) -> int | None:
     from mlx_reptilora.meta import checkpoint
 
     path = checkpoint.latest(folder / "checkpoints") if (folder / "checkpoints").exists() else None
-    return checkpoint.load(path)[0]["episode"] if path else None
+    return json.loads((path / checkpoint.INFO).read_text())["episode"] if path else None  # latest() loaded it
 
 
 def stage_meta(plan: Plan, args, out: Path) -> None:
@@ -185,7 +203,7 @@ def stage_meta(plan: Plan, args, out: Path) -> None:
     for learner, settings in learners(plan, args).items():
         for fold, f in folds(plan, args.folds).items():
             folder = out / "meta" / learner / fold
-            if (folder / "adapters.safetensors").exists():
+            if finished(folder):
                 continue
             settings_all = {**plan.common, **settings, "tasks": ",".join(f.train), "out": str(folder),
                             "seed": args.seed, "quiet": True, **args.overrides}
@@ -201,7 +219,7 @@ def stage_meta(plan: Plan, args, out: Path) -> None:
             configs[f"{learner}/{fold}"] = (cfg, folder)
             resume = ["--resume"] if _latest_episode(folder) is not None else []
             jobs.append((f"{learner}/{fold}", _cli("meta-train", "-c", cfg, *resume), out / "meta" / learner / f"{fold}.log"))
-    deadline = time.time() + args.deadline if args.deadline else None
+    deadline = _deadline(args)
     codes = run_jobs(jobs, args.jobs, deadline, "meta")
     # Runs the deadline stopped (only those: a run that failed on its own is reported, not frozen)
     # are finished at the episode they reached; each is meta-validated there if it validates.
@@ -209,13 +227,13 @@ def stage_meta(plan: Plan, args, out: Path) -> None:
     for name, (code, stopped) in codes.items():
         cfg, folder = configs[name]
         reached = _latest_episode(folder)
-        if stopped and reached and not (folder / "adapters.safetensors").exists():
+        if stopped and reached and not finished(folder):
             finish.append((name, _cli("meta-train", "-c", cfg, "--resume", "--episodes", reached), folder.with_suffix(".log")))
         elif code != 0 and not stopped:
             failed.append(name)
     if finish:
         run_jobs(finish, args.jobs, deadline + 2 * GRACE if deadline else None, "finish")
-    missing = [n for n, (_, f) in configs.items() if not (f / "adapters.safetensors").exists()]
+    missing = [n for n, (_, f) in configs.items() if not finished(f)]
     if failed:
         print(f"[meta] FAILED (see their logs): {failed}", flush=True)
     if missing:
@@ -235,8 +253,7 @@ def _common(plan: Plan, args, split: str = "test", shots=None) -> list:
 
 def _any_start(plan: Plan, out: Path, fold: str) -> Path | None:
     """Some finished start of the fold: LoRA's compare reads only the rank etc. from it."""
-    return next((p for p in (out / "meta" / x / fold for x in plan.learners) if (p / "adapters.safetensors").exists()),
-                None)
+    return next((p for p in (out / "meta" / x / fold for x in plan.learners) if finished(p)), None)
 
 
 def _tuned(plan: Plan, out: Path, label: str, fold: str) -> int | None:
@@ -249,7 +266,7 @@ def _tuned(plan: Plan, out: Path, label: str, fold: str) -> int | None:
 
 def stage_tune(plan: Plan, args, out: Path) -> None:
     """Baselines with a steps list: each value on the fold's validation tasks at 1 and 5 shots."""
-    jobs, todo = [], []
+    jobs, tried = [], {}  # (label, fold) -> {steps: its compare folder}
     for label, over in plan.baselines.items():
         if not isinstance(over.get("tune_steps"), list):
             continue
@@ -259,20 +276,19 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
                 continue
             rest = {k: v for k, v in over.items() if k not in ("tune_steps", "shots")}
             for steps in ([1, 2] if args.quick else over["tune_steps"]):
-                dest = out / "tune" / label / fold / f"steps{steps}"
-                todo.append((label, fold, steps, dest))
+                dest = tried.setdefault((label, fold), {})[steps] = out / "tune" / label / fold / f"steps{steps}"
                 if not (dest / "results.json").exists():
                     jobs.append((f"{label}/{fold}/steps{steps}", _cli(
                         "compare", "--adapters", start, "--tasks", ",".join(f.valid), "--out", dest,
                         *_common(plan, args, "valid", [1, 5]), *_flags(rest), "--steps", steps), dest.with_suffix(".log")))
-    run_jobs(jobs, args.jobs, time.time() + args.deadline if args.deadline else None, "tune")
-    for label, fold in {(a, b) for a, b, _, _ in todo}:
+    run_jobs(jobs, args.jobs, _deadline(args), "tune")
+    for (label, fold), dests in tried.items():
         scores = {}
-        for _, _, steps, dest in (x for x in todo if x[:2] == (label, fold)):
+        for steps, dest in dests.items():
             if (dest / "results.json").exists():
                 rows = json.loads((dest / "results.json").read_text())["rows"]
                 scores[steps] = sum(r["rougeL"]["mid"] for r in rows) / len(rows)
-        if scores and len(scores) == len({x[2] for x in todo if x[:2] == (label, fold)}):
+        if len(scores) == len(dests):
             best = max(scores, key=scores.get)
             choice = out / "tune" / label / fold / "choice.json"
             choice.with_suffix(".tmp").write_text(json.dumps(
@@ -285,21 +301,12 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
     jobs = []
     for fold, f in folds(plan, args.folds).items():
         held = ",".join(f.test)
-        for label in learners(plan, args):
-            start = out / "meta" / label / fold
-            if not (start / "adapters.safetensors").exists():
-                continue
-            dest = out / "test" / label / fold
-            if not (dest / "results.json").exists():
+        for label, (learner, folder, over) in tested(plan, learners(plan, args)).items():
+            start, dest = out / "meta" / learner / fold, out / "test" / folder / fold
+            if finished(start) and not (dest / "results.json").exists():
                 jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", "reptilora",
-                                                     "--tasks", held, "--out", dest, *_common(plan, args)),
-                             dest.with_suffix(".log")))
-            for variant, over in plan.variants.items():
-                dest = out / "test" / f"{label}+{variant.replace(' ', '-')}" / fold
-                if not (dest / "results.json").exists():
-                    jobs.append((f"{label}+{variant}/{fold}", _cli("compare", "--adapters", start, "--systems", "reptilora",
-                                                                   "--tasks", held, "--out", dest, *_common(plan, args),
-                                                                   *_flags(over)), dest.with_suffix(".log")))
+                                                     "--tasks", held, "--out", dest, *_common(plan, args),
+                                                     *_flags(over)), dest.with_suffix(".log")))
         start = _any_start(plan, out, fold)
         for label, over in plan.baselines.items():
             dest = out / "test" / label / fold
@@ -319,9 +326,7 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
 
 
 def stage_test(plan: Plan, args, out: Path) -> None:
-    jobs = _compare_jobs(plan, args, out)
-    deadline = time.time() + args.deadline if args.deadline else None
-    run_jobs(jobs, args.jobs, deadline, "test")
+    run_jobs(_compare_jobs(plan, args, out), args.jobs, _deadline(args), "test")
 
 
 def learners(plan: Plan, args) -> dict[str, dict]:
@@ -333,9 +338,8 @@ def learners(plan: Plan, args) -> dict[str, dict]:
 def rows_of(plan: Plan, out: Path) -> list[dict]:
     """Every test row, its "system" the learner's or baseline's label."""
     rows = []
-    variants = [f"{x} ({v})" for x in plan.learners for v in plan.variants]
-    for label in [*plan.learners, *plan.baselines, *variants]:
-        folder = label.replace(" (", "+").rstrip(")").replace(" ", "-") if label in variants else label
+    folders = {**{label: folder for label, (_, folder, _) in tested(plan).items()}, **{b: b for b in plan.baselines}}
+    for label, folder in folders.items():
         for path in sorted((out / "test" / folder).glob("*/results.json")):
             result = json.loads(path.read_text())
             rows += [{**r, "system": label, "fold": path.parent.name} for r in result["rows"]
@@ -483,7 +487,7 @@ def stage_report(plan: Plan, args, out: Path) -> None:
     rows = rows_of(plan, out)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    learners = [s for s in plan.learners] + [f"{x} ({v})" for x in plan.learners for v in plan.variants]
+    learners = list(tested(plan))
     systems = learners + [s for s in plan.references] + [s for s in plan.baselines]
     systems = [s for s in systems if any(r["system"] == s for r in rows)]  # a plan run in parts: what exists
     learners = [s for s in learners if s in systems]
@@ -554,7 +558,7 @@ def main(argv=None):
             ap.error(f"--stage: comma-separated among {', '.join(stages)}")
     for s in args.stage.split(","):
         t = time.time()
-        stages[s](plan, args, out if s != "report" else out)
+        stages[s](plan, args, out)
         print(f"[{s}] finished in {time.time() - t:.0f} s", flush=True)
 
 
