@@ -39,6 +39,20 @@ def start(bundled_dir, tmp_path_factory):
     return out
 
 
+def test_push_never_deletes_a_folder_it_did_not_stage(start, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = cli("push", start, "someone/reptilora-smollm2", "--dry-run", "--out", mine)
+    assert r.returncode == 2 and "is not a folder `push` staged" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (mine / "notes.txt").read_text() == "keep me"
+    staged = tmp_path / "staged"  # a folder it staged is replaced whole, with no temporary left beside it
+    for _ in range(2):
+        r = cli("push", start, "someone/reptilora-smollm2", "--dry-run", "--out", staged)
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "staged"]
+
+
 def test_push_dry_run_writes_what_would_be_uploaded(start, tmp_path):
     r = cli("push", start, "someone/reptilora-smollm2", "--dry-run", "--out", tmp_path / "up")
     assert r.returncode == 0, r.stderr

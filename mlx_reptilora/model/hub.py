@@ -8,7 +8,9 @@ Every network path fails in one line that names what was asked for and what to d
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +19,14 @@ import yaml
 from ..data import tasks
 from ..errors import UserError
 from ..options import option
-from ..paths import atomic_write_text
+from ..paths import atomic_write_text, writable_folder
 from . import adapters, models
 
 BUNDLED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the bundled GGUF was quantized from
 ORIGIN = "mlx_reptilora.json"  # in a folder `convert` wrote: the hub id it came from
 # What a start folder holds besides the adapters, uploaded when present (the recipe and learned
 # learning rates arrive with the learned-adaptation learners).
-START_FILES = (adapters.WEIGHTS, adapters.CONFIG, "meta.json", "recipe.json", "learned_lr.safetensors",
-               "meta_validation.json")
+START_FILES = (adapters.WEIGHTS, adapters.CONFIG, "meta.json", "recipe.json", "learned_lr.safetensors")
 PEFT_SUBFOLDER = "peft"
 
 
@@ -39,7 +40,10 @@ def base_id(name: str | None, path: Path | None = None) -> str | None:
     if name in (None, "", models.BUNDLED):
         return BUNDLED_ID
     if path is not None and (Path(path) / ORIGIN).exists():
-        return json.loads((Path(path) / ORIGIN).read_text()).get("base_model")
+        try:
+            return json.loads((Path(path) / ORIGIN).read_text()).get("base_model")
+        except (OSError, ValueError, AttributeError) as e:
+            raise UserError(f"{Path(path) / ORIGIN} is damaged ({_first_line(e)}); convert the model again") from None
     return name if models.is_repo_id(name) and not Path(name).expanduser().exists() else None
 
 
@@ -146,20 +150,29 @@ model = PeftModel.from_pretrained(model, "{repo_id}", subfolder="{PEFT_SUBFOLDER
 
 
 def stage(start: str | Path, repo_id: str, out: str | Path) -> Path:
-    """The exact folder `push` uploads: the start's files, its PEFT export and a model card."""
+    """The exact folder `push` uploads: the start's files, its PEFT export and a model card. It is
+    built beside `out` and renamed into place, replacing only a folder staged before."""
     start, out = Path(start), Path(out)
     adapters.read_config(start)
     adapters.read_weights(start)  # NaN adapters are never shared
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name in START_FILES:
-        if (start / name).exists():
-            shutil.copy2(start / name, out / name)
-    config = json.loads((start / adapters.CONFIG).read_text())
-    adapters.to_peft(start, out / PEFT_SUBFOLDER, base_model=config.get("base_model_id")
-                     or base_id(config.get("base_model")))
-    atomic_write_text(out / "README.md", model_card(start, repo_id))
+    if out.exists() and not (out.is_dir() and (out / "README.md").exists() and (out / PEFT_SUBFOLDER).is_dir()):
+        raise UserError(f"--out {out} exists and is not a folder `push` staged; choose another --out")
+    writable_folder(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name in START_FILES:
+            if (start / name).exists():
+                shutil.copy2(start / name, tmp / name)
+        config = json.loads((start / adapters.CONFIG).read_text())
+        adapters.to_peft(start, tmp / PEFT_SUBFOLDER, base_model=config.get("base_model_id")
+                         or base_id(config.get("base_model")))
+        atomic_write_text(tmp / "README.md", model_card(start, repo_id))
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if out.exists():
+            shutil.rmtree(out)  # the previous staging of this start
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -209,8 +222,10 @@ def convert(cfg: ConvertConfig) -> Path:
     try:
         mlx_lm_convert(str(source), mlx_path=str(out), quantize=bool(cfg.quantize), q_bits=cfg.quantize,
                        dtype=cfg.dtype)
-    except Exception as e:
+    except BaseException as e:  # Ctrl-C too: no half-written --out is left behind
         shutil.rmtree(out, ignore_errors=True)
+        if not isinstance(e, Exception):
+            raise
         raise UserError(f"mlx-lm could not convert {cfg.model or 'the bundled model'}: {_first_line(e)}") from None
     atomic_write_text(out / ORIGIN, json.dumps({"base_model": base_id(cfg.model, source), "source": str(source),
                                                 "quantize": cfg.quantize}, indent=2))
