@@ -140,10 +140,7 @@ def _command(name: str, cls, run, doc: str) -> None:
             default=typer.Option(None, *decls, help=text, show_default=False, metavar=metavar)))
 
     def command(**flags):
-        try:
-            run(options.build(cls, flags.pop("config_file"), **flags))
-        except KeyboardInterrupt as e:  # typer would turn it into a silent exit 130
-            raise Stopped(e) from None
+        run(options.build(cls, flags.pop("config_file"), **flags))
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -179,16 +176,23 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: a scheduler, `kill`, or mlx.launch stopping the ranks after one of them failed."""
 
 
-class Stopped(Exception):
-    """A command stopped by Ctrl-C or SIGTERM, after saving what it could."""
-
-    def __init__(self, cause: KeyboardInterrupt):
-        super().__init__()
-        self.terminated = isinstance(cause, Terminated)
+_terminated = False  # SIGTERM arrived (typer turns every KeyboardInterrupt into a silent exit 130)
 
 
 def _interrupt(signum, frame):
+    global _terminated
+    _terminated = True
     raise Terminated  # checkpoints like Ctrl-C does
+
+
+def _stopped() -> int:
+    """The one line for a command stopped by Ctrl-C or SIGTERM, after it saved what it could."""
+    if not _terminated:
+        print("interrupted", file=sys.stderr)
+        return 130
+    under_launch = " (under mlx.launch: another rank failed, its log says why)" if "MLX_RANK" in os.environ else ""
+    print(f"error: stopped by SIGTERM{under_launch}", file=sys.stderr)
+    return 143
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend.limit_cache()
         code = app(args=argv, standalone_mode=False)  # errors come here, to be said in one line
+        if code == 130:  # every command, generated or written here: typer's exit for KeyboardInterrupt
+            return _stopped()
         return code if isinstance(code, int) else 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -208,13 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         where = e.ctx.command_path if e.ctx is not None else "mlx-reptilora"
         print(f"error: {e.format_message()} (see {where} --help)", file=sys.stderr)
         return 2
-    except Stopped as e:
-        if not e.terminated:
-            print("interrupted", file=sys.stderr)
-            return 130
-        under_launch = " (under mlx.launch: another rank failed, its log says why)" if "MLX_RANK" in os.environ else ""
-        print(f"error: stopped by SIGTERM{under_launch}", file=sys.stderr)
-        return 143
+    except KeyboardInterrupt:  # one that arrives outside typer's own handling
+        return _stopped()
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 
