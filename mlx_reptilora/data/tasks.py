@@ -33,6 +33,12 @@ class Offline:
     build: Callable[["TaskConfig"], dict]
 
 
+def _numpy_doc() -> dict[str, list[Example]]:
+    from .corpora import docstrings
+
+    return {s: [Example(r["body"], r["summary"], r["id"]) for r in v] for s, v in docstrings.numpy_docstrings().items()}
+
+
 def _pool() -> dict[str, Offline]:
     from .corpora import dictd, docstrings, manpages, wordnet
 
@@ -53,12 +59,10 @@ def _pool() -> dict[str, Offline]:
                 lambda cfg: docstrings.as_names(corpora.pydoc(cache_dir() / "tasks"))),
         Offline("numpy-doc", "numpy", "Write the one-line summary of this NumPy documentation.",
                 f"{numpy_src}: extended summary -> summary line", "BSD-3-Clause",
-                lambda cfg: {s: [Example(r["body"], r["summary"], r["id"]) for r in v]
-                             for s, v in docstrings.numpy_docstrings().items()}),
+                lambda cfg: _numpy_doc()),
         Offline("numpy-name", "numpy", "Name the NumPy function or class this documentation describes.",
                 f"{numpy_src}: extended summary (name hidden) -> name", "BSD-3-Clause",
-                lambda cfg: {s: [Example(docstrings.common.mask(r["body"], [r["name"]]), r["name"], r["id"])
-                                 for r in v] for s, v in docstrings.numpy_docstrings().items()}),
+                lambda cfg: docstrings.as_names(_numpy_doc())),  # its name is its id's last part
         Offline("wordnet-define", "wordnet", "Define this word in one short phrase.", f"{wn_src}: word -> gloss",
                 "WordNet-3.0", lambda cfg: wordnet.define()),
         Offline("wordnet-name", "wordnet", "Give the single word this definition describes.",

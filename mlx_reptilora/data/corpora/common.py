@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import UserError
-from ...paths import cache_dir
+from ...paths import atomic_write_text, cache_dir
 
 SPLIT_CAPS = {"train": 2000, "valid": 300, "test": 300}
 FORMAT = 1  # bump when a parser changes what it extracts: old caches are then ignored
@@ -66,9 +66,7 @@ def cached(name: str, sources: list[Path], build: Callable[[], list[dict]]) -> l
             pass  # a damaged cache is rebuilt
     records = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(records))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(records))
     return records
 
 

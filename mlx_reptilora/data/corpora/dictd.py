@@ -30,8 +30,9 @@ def _clean(text: str) -> str:
 
 
 def _entries(name: str) -> list[dict]:
-    index = common.require(ROOT / f"{name}.index", name.upper() if name == "foldoc" else "The Jargon File",
-                           INSTALL[name])
+    what = name.upper() if name == "foldoc" else "The Jargon File"
+    index = common.require(ROOT / f"{name}.index", what, INSTALL[name])
+    common.require(ROOT / f"{name}.dict.dz", what, INSTALL[name])  # both: cached() reads their sizes
 
     def build():
         data = gzip.open(ROOT / f"{name}.dict.dz").read()
