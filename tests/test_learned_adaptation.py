@@ -154,6 +154,15 @@ def test_steps_auto_holds_shots_out_and_may_choose_zero(tiny_dir, meta_sgd_start
         assert all(mx.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("command", [["adapt", "--task", "aclsum-title", "--shots", "1"],
+                                     ["compare", "--tasks", "aclsum-title", "--shots", "0,1,5"]])
+def test_steps_auto_with_one_shot_is_one_line_before_any_work(command, meta_sgd_start, tmp_path):
+    r = cli(*command, "--adapters", meta_sgd_start, "--steps", "auto", "--model", tmp_path / "no-such-model",
+            "--out", tmp_path / "out")  # the model is never reached
+    assert r.returncode == 2 and "needs --shots 2 or more" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_mlx_lm_loads_and_fuses_a_folder_with_a_recipe(tiny_dir, meta_sgd_start, tmp_path):
     from mlx_lm.utils import load
 

@@ -110,6 +110,12 @@ def adapt_with(inner: InnerLoop, shots, plan: recipes.Recipe, steps: int | None 
     return inner.adapt(shots, steps)
 
 
+def check_auto(plan: recipes.Recipe, shot_counts) -> None:
+    """Before any work: `--steps auto` (a flag or the start's recipe) needs 2 or more shots."""
+    if plan.auto and 1 in shot_counts:
+        raise UserError("--steps auto holds shots out to choose: it needs --shots 2 or more")
+
+
 def auto_steps(inner: InnerLoop, shots, plan: recipes.Recipe, most: int) -> tuple[int, list[float]]:
     """Leave one shot out at a time: adapt on the others for up to `most` steps, the held-out shot's
     loss after each (0 steps included). The number of steps with the lowest mean held-out loss, and
@@ -159,8 +165,7 @@ def run(cfg: AdaptConfig) -> Path:
         adapters.read_config(cfg.adapters)
         adapters.read_weights(cfg.adapters)
     plan = cfg.plan(recipes.read(cfg.adapters))
-    if plan.auto and cfg.shots == 1:
-        raise UserError("--steps auto holds shots out to choose: it needs --shots 2 or more")
+    check_auto(plan, [cfg.shots])
     with claimed(cfg.out):
         return _run(cfg, task, plan)
 

@@ -21,7 +21,7 @@ from ..paths import atomic_write_text, claimed
 from ..progress import Progress
 from . import evaluate
 from ..meta import recipe as recipes
-from .adapt import AdaptOptions, fine_tune
+from .adapt import AdaptOptions, check_auto, fine_tune
 
 SYSTEMS = ("lora", "reptilora", "in-context")  # "reptilora": the meta-learned start, whatever its learner
 LABELS = {"lora": "LoRA", "reptilora": "ReptiLoRA", "in-context": "In-context"}
@@ -71,13 +71,16 @@ def _run(cfg: CompareConfig) -> dict:
     loaded = {n: tasks.load(n) for n in cfg.tasks}
     for t in loaded.values():
         evaluate.examples_of(t, cfg.split, cfg.limit)
+    # The meta start is adapted with its recipe, LoRA with the defaults; flags override both.
+    plans = {"reptilora": cfg.plan(recipes.read(cfg.adapters)), "lora": cfg.plan(None)}
+    for s, p in plans.items():
+        if s in cfg.systems:
+            check_auto(p, cfg.shots)
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     hub.check_base(cfg.adapters, base)
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    # The meta start is adapted with its recipe, LoRA with the defaults; flags override both.
-    plans = {"reptilora": cfg.plan(recipes.read(cfg.adapters)), "lora": cfg.plan(None)}
     inners = {s: InnerLoop(base.model, cfg.inner(p), episodes.buckets(cfg.max_length))
               for s, p in plans.items() if s in cfg.systems}
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)

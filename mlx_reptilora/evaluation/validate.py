@@ -11,6 +11,7 @@ it as an injected `validator` (`meta_train` below is the CLI's meta-train).
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def grid(cfg: train.MetaTrainConfig, start: recipes.Recipe) -> list[recipes.Reci
     return out
 
 
-def key(r: recipes.Recipe, start: recipes.Recipe) -> str:
+def key(r: recipes.Recipe) -> str:
     lr = f"rates x{r.scale:g}" if r.learned_lr else f"lr {r.lr:g}"
     return f"{r.steps} steps, {lr}"
 
@@ -43,14 +44,14 @@ def key(r: recipes.Recipe, start: recipes.Recipe) -> str:
 class Validator:
     """Built once per run (after the model loads); called with θ and the learner at an episode."""
 
-    def __init__(self, cfg: train.MetaTrainConfig, s: train.Setup):
+    def __init__(self, cfg: train.MetaTrainConfig, s: train.Setup, loaded: list[tasks.Task] | None = None):
         self.cfg, self.s = cfg, s
-        self.loaded = tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
+        loaded = loaded or tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
         tok = s.base.tokenizer
         self.data = {}
-        for t in self.loaded:
+        for t in loaded:
             train_split = episodes.prepare(t, tok, None, cfg.max_length, ("train",)).splits["train"]
-            exs = t.split("valid")[:cfg.valid_limit]
+            exs = evaluate.examples_of(t, "valid", cfg.valid_limit)
             self.data[t.name] = {
                 "shots": {k: episodes.draw_shots(train_split, k, cfg.seed, t.name, "--valid-shots") for k in cfg.valid_shots},
                 "valid": exs,
@@ -61,9 +62,10 @@ class Validator:
         self.loops: dict[tuple, InnerLoop] = {}
 
     def _loop(self, r: recipes.Recipe) -> InnerLoop:
-        """One inner loop per (optimizer, steps, lr): its compiled step is reused across validations,
-        and meta-training's own loop (and a carried optimizer's state) is never touched."""
-        k = (r.optimizer, r.steps, r.lr)
+        """One inner loop per (optimizer, lr), whatever the steps (adapt_with passes them): its compiled
+        step is reused across validations, and meta-training's own loop (and a carried optimizer's
+        state) is never touched."""
+        k = (r.optimizer, r.lr)
         if k not in self.loops:
             c = self.cfg
             self.loops[k] = InnerLoop(self.s.base.model, InnerConfig(r.steps, r.lr, r.optimizer, c.weight_decay,
@@ -75,54 +77,53 @@ class Validator:
         """{"episode", "valid": {task: {k: {grid point: {loss, rougeL}}}}, "score", "loss", "recipe"}:
         the score is the best grid point's ROUGE-L averaged over tasks and shot counts (ties go to
         the lower mean query loss), its recipe the one the start would carry."""
-        points = grid(self.cfg, start)
+        points = {key(r): r for r in grid(self.cfg, start)}
         results: dict = {}
         for name, d in self.data.items():
             results[name] = {}
             for k, shots in d["shots"].items():
                 results[name][k] = {}
-                for r in points:
+                for point, r in points.items():
                     inner = self._loop(r)
                     inner.set_weights(theta)
                     adapt_with(inner, shots, r)
                     texts, _ = evaluate.generate(self.s.base, d["prompts"], d["max_new_tokens"], self.cfg.valid_batch_size)
                     rouge_l = evaluate.rouge(texts, [e.summary for e in d["valid"]])["rougeL"]["mid"]
-                    results[name][k][key(r, start)] = {"loss": round(inner.loss(d["tokenized"]), 4),
-                                                       "rougeL": round(rouge_l, 3)}
+                    results[name][k][point] = {"loss": round(inner.loss(d["tokenized"]), 4), "rougeL": round(rouge_l, 3)}
         self.s.inner.set_weights(theta)
-        def mean(r, metric):
-            return float(np.mean([results[n][k][key(r, start)][metric] for n in results for k in results[n]]))
-
-        means = {key(r, start): mean(r, "rougeL") for r in points}
-        losses = {key(r, start): mean(r, "loss") for r in points}
-        best = max(points, key=lambda r: (means[key(r, start)], -losses[key(r, start)]))  # ties: the lower loss
-        chosen = replace(best, chosen_by=(f"meta-validation at episode {episode + 1} on "
-                                          f"{', '.join(self.data)} ({', '.join(map(str, self.cfg.valid_shots))} "
-                                          f"shots): mean valid ROUGE-L {means[key(best, start)]:.2f}, "
-                                          f"best of {len(points)} settings"))
-        return {"episode": episode, "valid": results, "means": {k: round(v, 3) for k, v in means.items()},
-                "score": round(means[key(best, start)], 3), "loss": round(losses[key(best, start)], 4),
-                "recipe": recipes.as_dict(chosen)}
+        means, losses = ({p: float(np.mean([results[n][k][p][metric] for n in results for k in results[n]]))
+                          for p in points} for metric in ("rougeL", "loss"))
+        best = max(points, key=lambda p: (means[p], -losses[p]))  # ties: the lower loss
+        chosen = replace(points[best], chosen_by=(f"meta-validation at episode {episode + 1} on "
+                                                  f"{', '.join(self.data)} ({', '.join(map(str, self.cfg.valid_shots))} "
+                                                  f"shots): mean valid ROUGE-L {means[best]:.2f}, "
+                                                  f"best of {len(points)} settings"))
+        return {"episode": episode, "valid": results, "means": {p: round(v, 3) for p, v in means.items()},
+                "score": round(means[best], 3), "loss": round(losses[best], 4), "recipe": recipes.as_dict(chosen)}
 
 
-def check(cfg: train.MetaTrainConfig) -> None:
-    """Before any work: validation tasks exist, have the splits it reads, and are not trained on."""
+def check(cfg: train.MetaTrainConfig) -> list[tasks.Task]:
+    """Before any work: validation tasks exist, have the splits it reads, and are not trained on.
+    The loaded validation tasks (the Validator takes them, so they are loaded once)."""
     overlap = sorted(set(cfg.valid_tasks) & set(cfg.tasks))
     if overlap:
         raise UserError(f"--valid-tasks {', '.join(overlap)} also in --tasks: validation tasks are never trained on")
-    trained = {t.group: t.name for t in tasks.load_many(cfg.tasks, tasks.TaskConfig(train_cap=cfg.train_cap)) if t.group}
-    for t in tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap)):
-        if t.group in trained:
-            raise UserError(f"--valid-tasks {t.name} shares its documents with the training task {trained[t.group]} "
-                            f"(group {t.group}): choose a validation task of another group")
+    trained = tasks.groups(cfg.tasks)  # by name: no training task needs loading for this
+    for group, names in tasks.groups(cfg.valid_tasks).items():
+        if group in trained:
+            raise UserError(f"--valid-tasks {names[0]} shares its documents with the training task "
+                            f"{trained[group][0]} (group {group}): choose a validation task of another group")
+    loaded = tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
+    for t in loaded:
         t.split("valid")
         if len(t.split("train")) < max(cfg.valid_shots):
             raise UserError(f"--valid-shots {max(cfg.valid_shots)}: {t.name} has {len(t.split('train'))} training examples")
+    return loaded
 
 
 def meta_train(cfg: train.MetaTrainConfig) -> Path:
     """`mlx-reptilora meta-train`: meta-training, meta-validated when --valid-tasks is given."""
-    if cfg.valid_tasks:
-        cfg.validate()
-        check(cfg)
-    return train.run(cfg, Validator if cfg.valid_tasks else None)
+    if not cfg.valid_tasks:
+        return train.run(cfg)
+    cfg.validate()
+    return train.run(cfg, partial(Validator, loaded=check(cfg)))

@@ -27,8 +27,5 @@ class MetaSGD(MAML):
     def rate_grad(self, t: int, grad: dict, v: dict, learned: dict) -> dict:
         return {k: -grad[k] * v[k] for k in learned}
 
-    def describe(self) -> dict:
-        return {**super().describe(), "lslr": False}
-
     def recipe(self) -> dict:
         return {**super().recipe(), "learned_lr": "per element"}

@@ -53,7 +53,7 @@ def write(folder: str | Path, recipe: dict, rates: dict) -> None:
     folder = Path(folder)
     if rates:
         atomic_write(folder / LEARNED, lambda p: mx.save_safetensors(p, rates))
-    atomic_write_text(folder / RECIPE, json.dumps({k: v for k, v in recipe.items()}, indent=2))
+    atomic_write_text(folder / RECIPE, json.dumps(recipe, indent=2))
 
 
 def read(folder: str | Path | None) -> Recipe | None:
