@@ -28,8 +28,11 @@ if ls .exp/starts.tar.part* > /dev/null 2>&1; then  # a former lease's starts, o
 fi
 left() { echo $((budget - (SECONDS - t0))); }
 pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back): after each stage, so a cut lease keeps it
-  (cd $EXP && tar czf $OUT/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
-   tar czf $OUT/predictions.tar.gz $(find test -name predictions -type d 2>/dev/null) 2>/dev/null
+  # (written beside, then renamed: scripts/device/detached.sh copies $OUT while this runs)
+  (cd $EXP && tar czf $OUT/results.tmp --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
+   mv $OUT/results.tmp $OUT/results.tar.gz
+   tar czf $OUT/predictions.tmp $(find test -name predictions -type d 2>/dev/null) 2>/dev/null
+   mv $OUT/predictions.tmp $OUT/predictions.tar.gz
    # the starts (adapters, config, recipe, learned rates) in 15 MiB parts with their checksums: copy
    # them and starts.sha256 into .exp/ here and carry .exp to a later lease to test them there
    rm -f $OUT/starts.tar.part*
