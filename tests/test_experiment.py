@@ -127,3 +127,19 @@ def test_cache_limit_from_the_environment(monkeypatch):
     monkeypatch.setenv("MLX_REPTILORA_CACHE_LIMIT_GB", "3GB")
     with pytest.raises(UserError, match="expected a number of GB"):
         backend.limit_cache()
+
+
+def test_the_targets_by_held_out_group():
+    plan = exp.Plan("g", ["pydoc", "pydoc-name", "wordnet-define"], "group", {}, {"m": {}, "n": {}})
+    rows = [_row(t, s, k, v) for t in ("pydoc", "pydoc-name") for s, k, v in
+            [("m", 0, 10), ("m", 1, 16), ("m", 5, 18), ("n", 0, 10), ("n", 1, 13), ("n", 5, 30),
+             ("lora", 1, 12), ("lora", 5, 17), ("lora-data", 20, 15), ("lora-data", 50, 20)]]
+    rows[-5] = _row("pydoc-name", "n", 5, 13)  # n at 5 shots: a big win on pydoc only
+    found = exp.checks(rows, plan, ["m", "n"], "lora")
+    lines = exp.by_fold(rows, plan, ["m", "n", "lora", "lora-data"], found, "lora", "lora-data")
+    # 1 shot: m is 4 ahead of LoRA on both tasks, intervals apart -> met; 5 shots: n wins one task of two
+    assert "| python | 1 | m | 2 / 2 | +4.00 | yes |" in lines
+    assert "| python | 5 | n | 1 / 2 | +4.50 | no |" in lines
+    assert "| python (2 tasks) | 5 | 18.00 | 21.50 | 17.00 | – |" in lines  # means over the group's tasks
+    assert "| python | n | 21.50 | +6.50 | +1.50 |" in lines  # the best 5-shot learner against LoRA at 20 and 50
+    assert not any(x.startswith("| wordnet") for x in lines)  # no rows: no lines

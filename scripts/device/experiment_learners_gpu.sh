@@ -22,6 +22,8 @@ python3 -c "import sys, mlx.core as mx, mlx_lm; print(sys.version.split()[0], 'm
 python3 -m mlx_reptilora info --model "$GGUF" | tail -3       # converts the GGUF once, before the jobs race
 python3 -m mlx_reptilora tasks --model "$GGUF" | tail -3      # caches pydoc once
 mkdir -p $EXP
+# a former lease's test results and logs (results.tar.gz as it came back): finished tests are skipped
+[ -f .exp/results.tar.gz ] && tar xzf .exp/results.tar.gz -C $EXP
 if ls .exp/starts.tar.part* > /dev/null 2>&1; then  # a former lease's starts, only when every part is whole
   (cd .exp && sha256sum -c --quiet starts.sha256) && cat .exp/starts.tar.part* | tar xf - -C $EXP \
     || echo "the starts in .exp/ are incomplete (a part is missing or damaged): not used"
@@ -31,8 +33,8 @@ pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back): after 
   # (written beside, then renamed: scripts/device/detached.sh copies $OUT while this runs)
   (cd $EXP && tar czf $OUT/results.tmp --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
    mv $OUT/results.tmp $OUT/results.tar.gz
-   tar czf $OUT/predictions.tmp $(find test -name predictions -type d 2>/dev/null) 2>/dev/null
-   mv $OUT/predictions.tmp $OUT/predictions.tar.gz
+   preds=$(find test -name predictions -type d 2>/dev/null)
+   [ -n "$preds" ] && tar czf $OUT/predictions.tmp $preds && mv $OUT/predictions.tmp $OUT/predictions.tar.gz
    # the starts (adapters, config, recipe, learned rates) in 15 MiB parts with their checksums: copy
    # them and starts.sha256 into .exp/ here and carry .exp to a later lease to test them there
    rm -f $OUT/starts.tar.part*
@@ -48,10 +50,12 @@ if [[ $STAGES == *meta* ]]; then
       --jobs ${JOBS:-10} --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
   pack
 fi
-test=$(( ($(left) - 200) / 2 )); [ $test -gt 20 ] || test=20  # tune, then test, each at most this
-if [[ $STAGES == *test* ]]; then
-  timeout $(( $(left) - 30 )) python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage tune,test \
-      --jobs ${JOBS:-10} --deadline $test --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
+if [[ $STAGES == *test* ]]; then  # tuning (a few short runs) gets a third of what is left, testing the rest
+  for stage in tune test; do
+    d=$(( $(left) - 200 )); [ $stage = tune ] && d=$(( d / 3 )); [ $d -gt 20 ] || d=20
+    timeout $(( $(left) - 30 )) python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage $stage \
+        --jobs ${JOBS:-10} --deadline $d --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
+  done
 fi
 python3 scripts/experiment.py --plan $plan --out $EXP --stage report "$@" > $EXP/report.log 2>&1; tail -5 $EXP/report.log
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
