@@ -127,6 +127,9 @@ def test_task_choice_is_uniform_or_weighted(tokenizer, fmt):
 
 def test_batches_use_fixed_buckets(tokenizer, fmt):
     assert episodes.buckets(512) == [64, 128, 256, 512]
+    # CUDA's fused attention backward needs multiples of 128: 64 merges into 128, 500 pads to 512
+    assert episodes.buckets(512, multiple=128) == [128, 256, 512]
+    assert episodes.buckets(500, multiple=128) == [128, 256, 512] and episodes.buckets(500)[-1] == 500
     prepared = _prepared(tokenizer, fmt, ("pydoc",))[0]
     exs = prepared.splits["train"][:11]
     mbs = episodes.micro_batches(exs, 4, episodes.buckets(256))

@@ -39,14 +39,16 @@ def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat | None, max_length:
     return TokenizedTask(task.name, out, dropped, truncated)
 
 
-def buckets(max_length: int, smallest: int = 64) -> list[int]:
+def buckets(max_length: int, smallest: int = 64, multiple: int = 1) -> list[int]:
     """A few fixed padded lengths (64, 128, 256, ... up to max_length), so compiled graphs and GPU
-    kernels are reused across batches instead of rebuilt for every length."""
+    kernels are reused across batches instead of rebuilt for every length; each rounded up to a
+    `multiple` (a fused kernel's tile: model.backend.attention_tile)."""
     out, n = [], smallest
     while n < max_length:
         out.append(n)
         n *= 2
-    return out + [max_length]
+    up = [-(-b // multiple) * multiple for b in out + [max_length]]
+    return sorted(set(up))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
-from ..meta.inner_loop import InnerLoop
+from ..meta.inner_loop import InnerLoop, bucket_lengths
 from ..model import adapters, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed
@@ -81,7 +81,7 @@ def _run(cfg: CompareConfig) -> dict:
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    inners = {s: InnerLoop(base.model, cfg.inner(p), episodes.buckets(cfg.max_length))
+    inners = {s: InnerLoop(base.model, cfg.inner(p), bucket_lengths(cfg.max_length))
               for s, p in plans.items() if s in cfg.systems}
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]

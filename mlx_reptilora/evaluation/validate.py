@@ -20,7 +20,7 @@ from ..data import episodes, prompts, tasks
 from ..errors import UserError
 from ..meta import recipe as recipes
 from ..meta import train
-from ..meta.inner_loop import InnerConfig, InnerLoop
+from ..meta.inner_loop import InnerConfig, InnerLoop, bucket_lengths
 from . import evaluate
 from .adapt import adapt_with
 
@@ -70,7 +70,7 @@ class Validator:
             c = self.cfg
             self.loops[k] = InnerLoop(self.s.base.model, InnerConfig(r.steps, r.lr, r.optimizer, c.weight_decay,
                                       c.grad_clip, c.micro_batch, grad_checkpoint=c.grad_checkpoint),
-                                      episodes.buckets(c.max_length))
+                                      bucket_lengths(c.max_length))
         return self.loops[k]
 
     def __call__(self, theta: dict, start: recipes.Recipe, episode: int) -> dict:

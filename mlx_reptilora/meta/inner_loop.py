@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from ..data import episodes
 from ..errors import UserError
-from ..model import adapters
+from ..model import adapters, backend
 from ..options import option
 from .losses import batch_arrays, summed_loss
 
@@ -82,6 +82,11 @@ def make_optimizer(cfg: InnerConfig) -> optim.Optimizer:
     if cfg.optimizer == "sgd":
         return optim.SGD(learning_rate=cfg.lr)
     raise UserError(f"--inner-optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def bucket_lengths(max_length: int) -> list[int]:
+    """The padded lengths every inner loop uses: multiples of the device's attention tile."""
+    return episodes.buckets(max_length, multiple=backend.attention_tile())
 
 
 def _copy(tree):

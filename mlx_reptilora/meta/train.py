@@ -31,7 +31,7 @@ from ..progress import Progress
 from . import checkpoint, recipe
 from .distributed import RankLost, World
 from .fomaml import FOMAML
-from .inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, NonFiniteLoss, StepOptions
+from .inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, NonFiniteLoss, StepOptions, bucket_lengths
 from .learner import Learner, OuterOptions
 from .maml import MAML, MamlOptions
 from .metasgd import MetaSGD
@@ -175,7 +175,7 @@ def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None
         if q == 0 and cfg.learner != "reptile":
             raise UserError(f"task {name} has no examples left for a query set after --support {cfg.support}; "
                             f"--learner {cfg.learner} needs one")
-    inner = InnerLoop(base.model, cfg.inner(), episodes.buckets(cfg.max_length))
+    inner = InnerLoop(base.model, cfg.inner(), bucket_lengths(cfg.max_length))
     return Setup(base, lora, prepared, sampler, inner, make_learner(cfg, world))
 
 

@@ -36,6 +36,13 @@ def backend_name() -> str:
     return "cpu"
 
 
+def attention_tile() -> int:
+    """What padded lengths should be a multiple of. On CUDA, MLX runs the cuDNN attention backward
+    only for query lengths that are a multiple of 128 and otherwise falls back to unfused attention,
+    which keeps every (L x L) score matrix (ScaledDotProductAttentionVJP::use_fallback)."""
+    return 128 if backend_name() == "cuda" else 1
+
+
 def compute_dtype(name: str | None = None) -> mx.Dtype:
     """float32 on CPU (fp16/bf16 matmul there is ~20x slower than fp32), bfloat16 on a GPU."""
     if name is not None:
