@@ -79,7 +79,7 @@ PLANS = {
         about="issue #14: Meta-SGD and MAML++ on the five offline tasks, leave one task out",
         pool=DEFAULT_TASKS, hold_out="task",
         common={"support": 5, "query": 8, "inner_steps": 3, "inner_lr": 0.1, "inner_optimizer": "sgd",
-                "outer_lr": 1e-3, "meta_batch": 1, "episodes": 100, "max_length": 512, "eval_every": 5,
+                "outer_lr": 1e-3, "meta_batch": 1, "episodes": 100, "max_length": 512, "micro_batch": 4, "eval_every": 5,
                 "checkpoint_every": 5, "keep_checkpoints": 2},
         learners={"meta-sgd": {"learner": "meta-sgd"},
                   "maml++": {"learner": "maml", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20}},

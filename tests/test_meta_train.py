@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlx_reptilora.data import episodes, prompts, tasks
-from mlx_reptilora.meta import losses, train as meta_train, reptile
+from mlx_reptilora.meta import inner_loop, losses, train as meta_train, reptile
 from mlx_reptilora.model import adapters, models
 from mlx_reptilora.errors import UserError
 from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
@@ -328,3 +328,41 @@ def test_carry_optimizer_run_resumes_bit_identically(tiny_dir, tmp_path):
     meta_train.run(small_cfg(tiny_dir, tmp_path / "split", episodes=4, resume=True, **common))
     a, b = adapters.read_weights(tmp_path / "straight"), adapters.read_weights(tmp_path / "split")
     assert set(a) == set(b) and all(mx.array_equal(a[k], b[k]) for k in a)
+
+
+def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.1))
+    inner = InnerLoop(tiny.model, InnerConfig(steps=1, micro_batch=2), [64, 128])
+    theta = inner.weights()
+    one, two = inner._probe(1, 128, False), inner._probe(2, 128, False)
+    per_row, fixed = two - one, one - (two - one)
+    assert per_row > 0 and fixed > 0
+    mx.random.seed(7)
+    expected = mx.random.uniform(shape=(3,))
+    mx.random.seed(7)
+    room = (fixed + 6 * per_row) / inner_loop.FILL  # room for 4 rows, not for 8
+    chosen = [inner.fit_micro_batch(32, free=int(f))[0] for f in (0, room, 1e12)]
+    assert mx.array_equal(mx.random.uniform(shape=(3,)), expected)  # the probes left the RNG as it was
+    assert all(mx.array_equal(theta[k], inner.weights()[k]) for k in theta)  # and the adapters
+    assert chosen == [1, 4, 32]
+    assert inner.fit_micro_batch(5, free=int(1e12))[0] == 8 and inner.fit_micro_batch(1)[0] == 1
+    assert inner._probe(2, 128, True) > two  # a Hessian-vector product holds more than a gradient
+    # micro_batch None: measured where measures() (a GPU), said once; a CPU takes CPU_MICRO_BATCH
+    assert InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=8).cfg.micro_batch == 4
+    monkeypatch.setattr(inner_loop, "measures", lambda: True)
+    monkeypatch.setattr(inner_loop, "free_memory", lambda: int(1e12))
+    said = []
+    auto = InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=6, say=said.append)
+    assert auto.cfg.micro_batch == 8 and len(said) == 1 and said[0].startswith("micro-batch 8 (a step at 128 tokens")
+
+
+def test_a_resumed_run_keeps_the_micro_batch_it_chose(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(inner_loop, "measures", lambda: True)
+    monkeypatch.setattr(inner_loop, "free_memory", lambda: int(1e12))  # room for every row: 4
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "a", micro_batch=None, episodes=3))
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "b", micro_batch=None, episodes=2))
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["inner"]["micro_batch"] == 4
+    monkeypatch.setattr(inner_loop, "free_memory", lambda: 0)  # a fresh choice would now be 1
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "b", micro_batch=None, episodes=3, resume=True))
+    a, b = (mx.load(str(tmp_path / x / "adapters.safetensors")) for x in "ab")
+    assert all(mx.array_equal(a[k], b[k]) for k in a)

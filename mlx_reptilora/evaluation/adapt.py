@@ -179,7 +179,8 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe) -> Path:
         print(f"start: {adapters.origin(cfg.adapters) if cfg.adapters else 'the standard LoRA start (B = 0)'}")
         print(f"recipe: {plan.describe()} ({plan.chosen_by})")
     shots = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else []
-    inner = InnerLoop(base.model, cfg.inner(plan), bucket_lengths(cfg.max_length)) if shots else None
+    inner = InnerLoop(base.model, cfg.inner(plan), bucket_lengths(cfg.max_length), rows=len(shots),
+                      say=None if cfg.quiet else print) if shots else None
     losses, steps = fine_tune(inner, shots, plan, cfg.quiet)
     if losses and not cfg.quiet:
         print(f"adapted on {cfg.shots} shots of {task.name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")

@@ -81,7 +81,8 @@ def _run(cfg: CompareConfig) -> dict:
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    inners = {s: InnerLoop(base.model, cfg.inner(p), bucket_lengths(cfg.max_length))
+    inners = {s: InnerLoop(base.model, cfg.inner(p), bucket_lengths(cfg.max_length), rows=max(cfg.shots, default=1),
+                           say=None if cfg.quiet else lambda line, s=s: print(f"{s}: {line}"))
               for s, p in plans.items() if s in cfg.systems}
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]

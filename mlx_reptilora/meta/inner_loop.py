@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import mlx.core as mx
@@ -23,13 +23,34 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from ..data import episodes
+from ..data import episodes, prompts
 from ..errors import UserError
 from ..model import adapters, backend
 from ..options import option
 from .losses import batch_arrays, summed_loss
 
 OPTIMIZERS = ("adamw", "adam0", "sgd")
+FILL = 0.8  # of the free memory an automatic micro-batch may take: the rest for fragmentation and the rest of a step
+CPU_MICRO_BATCH = 4  # MLX's CPU backend gains nothing from wider forward passes, and its memory is the host's
+
+
+def measures() -> bool:
+    """Whether an automatic micro-batch is measured (on a GPU) rather than CPU_MICRO_BATCH."""
+    return backend.backend_name() != "cpu"
+
+
+def free_memory() -> int:
+    """Bytes this process may still allocate: MLX's memory limit less what it holds; on CUDA, no
+    more than the device's free memory (other processes count) plus MLX's own cached buffers; on
+    Metal, no more than the recommended working set."""
+    active = mx.get_active_memory()
+    free = mx.get_memory_limit() - active
+    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    if "free_memory" in info:
+        free = min(free, int(info["free_memory"]) + mx.get_cache_memory())
+    if "max_recommended_working_set_size" in info:
+        free = min(free, int(info["max_recommended_working_set_size"]) - active)
+    return max(free, 0)
 
 
 @dataclass
@@ -39,7 +60,7 @@ class InnerConfig:
     optimizer: str = "adamw"  # adamw | adam0 (Adam with beta1 = 0, as in Reptile) | sgd
     weight_decay: float = 0.01  # AdamW's (PyTorch's default, as the paper used)
     grad_clip: float = 0.5  # global norm; 0 = off
-    micro_batch: int = 4  # examples per forward pass; gradients accumulate to the whole batch
+    micro_batch: int | None = 4  # examples per forward pass (None: fit to the free memory); gradients accumulate
     batch: int | None = None  # examples per step; None = the whole support set
     grad_checkpoint: bool = False  # recompute each layer's activations in backward: less memory, ~30% slower
 
@@ -50,7 +71,9 @@ class StepOptions:
 
     weight_decay: float = option(0.01, "AdamW weight decay (PyTorch's default, as the paper used)", min=0)
     grad_clip: float = option(0.5, "gradient-norm clip per inner step; 0 = off", min=0)
-    micro_batch: int = option(4, "examples per forward pass; gradients accumulate to the whole batch", min=1)
+    micro_batch: int | None = option(None, "examples per forward pass; gradients accumulate to the whole batch",
+                                     min=1, default_text=f"auto: on a GPU the largest power of two whose measured "
+                                     f"step fits in {FILL:.0%} of the free memory; {CPU_MICRO_BATCH} on a CPU")
     grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass: less memory, "
                                           "~30% slower")
 
@@ -177,7 +200,10 @@ def twice_differentiable():
 
 
 class InnerLoop:
-    def __init__(self, model: nn.Module, cfg: InnerConfig, bucket_lengths: list[int]):
+    def __init__(self, model: nn.Module, cfg: InnerConfig, bucket_lengths: list[int], rows: int = 1,
+                 second_order: bool = False, say=None):
+        """`cfg.micro_batch` None is chosen here (fit_micro_batch) for steps of up to `rows` examples,
+        gradients (or with `second_order`, Hessian-vector products) alike; `say(line)` reports it."""
         self.model, self.cfg, self.bucket_lengths = model, cfg, bucket_lengths
         self.optimizer = make_optimizer(cfg)
         self.optimizer.init(model.trainable_parameters())
@@ -214,6 +240,52 @@ class InnerLoop:
             self.optimizer.update(model, grads)
 
         self._update = update
+        if cfg.micro_batch is None:
+            self.cfg = cfg = replace(cfg, micro_batch=CPU_MICRO_BATCH)  # the probe's own batches
+            if measures():
+                cfg.micro_batch, why = self.fit_micro_batch(rows, second_order)
+                if say:
+                    say(f"micro-batch {cfg.micro_batch} ({why}; --micro-batch sets it)")
+
+    # -- the micro-batch ----------------------------------------------------------------------
+    def fit_micro_batch(self, rows: int, second_order: bool = False, free: int | None = None) -> tuple[int, str]:
+        """The largest power of two, up to `rows` rounded up to one, whose step fits in FILL of the
+        free memory (or `free` bytes): one step at 1 and at 2 rows of the longest bucket measures
+        what a step needs and what each row adds. The adapters and the RNG are left as they were.
+        Returns (micro-batch, why)."""
+        most = 1 << max(rows - 1, 0).bit_length()
+        if most == 1:
+            return 1, "one example per step"
+        length = self.bucket_lengths[-1]
+        one, two = (self._probe(n, length, second_order) for n in (1, 2))
+        per_row = max(two - one, 1)
+        fixed = max(one - per_row, 0)
+        free = free_memory() if free is None else free
+        m = 1
+        while m < most and fixed + 2 * m * per_row <= FILL * free:
+            m *= 2
+        return m, (f"{'a second-order' if second_order else 'a'} step at {length} tokens measured {fixed / 1e9:.2f} GB "
+                   f"+ {per_row / 1e9:.3f} GB a row, {free / 1e9:.1f} GB free, at most {most} rows a step")
+
+    def _probe(self, rows: int, length: int, second_order: bool) -> int:
+        """Peak bytes above what is held of one gradient (or Hessian-vector product) on `rows`
+        rows of `length` tokens, half of them summary."""
+        ids = np.arange(1, length + 1, dtype=np.int32) % 1000
+        batch = episodes.make_batch([prompts.Tokenized(ids, length // 2, False)] * rows, [length])
+        key, weights = mx.random.state[0].tolist(), self.weights()
+        mx.eval(weights)
+        held = mx.get_active_memory()
+        mx.reset_peak_memory()
+        try:
+            if second_order:
+                self.hvp([batch], {k: mx.zeros_like(v) for k, v in weights.items()})
+            else:
+                self.gradient([batch])
+            return mx.get_peak_memory() - held
+        finally:
+            self.set_weights(weights)
+            mx.random.seed((key[0] << 32) | key[1])  # the key as it was: a seed of 64 bits is the key
+            mx.reset_peak_memory()
 
     # -- state ------------------------------------------------------------------------------
     def reset_optimizer(self) -> None:

@@ -175,7 +175,11 @@ def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None
         if q == 0 and cfg.learner != "reptile":
             raise UserError(f"task {name} has no examples left for a query set after --support {cfg.support}; "
                             f"--learner {cfg.learner} needs one")
-    inner = InnerLoop(base.model, cfg.inner(), bucket_lengths(cfg.max_length))
+    # the largest step: the support (or --inner-batch) set, or the query set its loss is taken on
+    inner = InnerLoop(base.model, cfg.inner(), bucket_lengths(cfg.max_length), max(cfg.inner_batch or cfg.support, cfg.query),
+                      cfg.learner in SGD_LEARNERS and not cfg.first_order, progress.log if (world or World()).main else None)
+    if world is not None and world.size > 1:  # every rank steps alike: rank 0's choice
+        inner.cfg.micro_batch = world.broadcast_json(inner.cfg.micro_batch)
     return Setup(base, lora, prepared, sampler, inner, make_learner(cfg, world))
 
 
@@ -330,6 +334,8 @@ def run(cfg: MetaTrainConfig, validator=None) -> Path:
 def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, validator=None) -> Path:
     ckpt_dir = out / "checkpoints"
     progress = Progress(cfg.episodes, quiet=cfg.quiet or not world.main)
+    if resuming and cfg.micro_batch is None:  # the one the run chose: its sums in the same order, bit for bit
+        cfg.micro_batch = world.broadcast_json(read_meta(out)["inner"]["micro_batch"] if world.main else None)
     s = prepare(cfg, progress, world)
     if world.size > 1:
         progress.log(f"{world.size} processes, {cfg.meta_batch // world.size} of the {cfg.meta_batch} tasks of "
