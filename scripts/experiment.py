@@ -248,7 +248,9 @@ def _flags(over: dict) -> list:
 
 def _common(plan: Plan, args, split: str = "test", shots=None) -> list:
     flags = ["--split", split, "--shots", ",".join(map(str, shots or plan.shots)), "--draws",
-             1 if args.quick else plan.draws, "--seed", args.seed, "--batch-size", args.batch_size, "-q"]
+             1 if args.quick else plan.draws, "--seed", args.seed, "--batch-size", args.batch_size, "-q",
+             # as every test so far ran; jobs sharing a GPU must not each size it to the free memory
+             "--micro-batch", 4]
     flags += ["--max-length", 128] if args.quick else []  # a CPU smoke run: short prompts
     return flags + (["--model", args.model] if args.model else []) + (["--limit", args.limit] if args.limit else [])
 

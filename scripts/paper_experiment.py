@@ -144,6 +144,7 @@ def _compare(args, root: Path, dest: Path, **over) -> list[dict]:
         if "in_context_length" in over:
             over["in_context_length"] = 256
     over.setdefault("batch_size", args.batch_size)
+    over.setdefault("micro_batch", 4)  # as the published rows ran; jobs sharing a GPU must not size it to its free memory
     cfg = compare.CompareConfig(model=args.model, seed=args.seed, quiet=True, out=str(folder), limit=args.limit,
                                 **over)
     t = time.time()
