@@ -108,7 +108,8 @@ PLANS = {
                   "maml++": {"learner": "maml", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20,
                              **SECOND_ORDER, **VALIDATE}},
         baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]},
-                   "lora-data": {"systems": "lora", "shots": "5,20,50", "tune_steps": "lora"},
+                   # LoRA with more data, its steps tuned at those shot counts (7 steps over 50 shots underfit)
+                   "lora-data": {"systems": "lora", "shots": "20,50", "tune_steps": [7, 21, 63], "tune_shots": [20, 50]},
                    "in-context": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
                                   "batch_size": 16}}),
 }
@@ -269,7 +270,8 @@ def _tuned(plan: Plan, out: Path, label: str, fold: str) -> int | None:
 
 
 def stage_tune(plan: Plan, args, out: Path) -> None:
-    """Baselines with a steps list: each value on the fold's validation tasks at 1 and 5 shots."""
+    """Baselines with a steps list: each value on the fold's validation tasks at its `tune_shots`
+    (default 1 and 5 shots)."""
     jobs, tried = [], {}  # (label, fold) -> {steps: its compare folder}
     for label, over in plan.baselines.items():
         if not isinstance(over.get("tune_steps"), list):
@@ -278,13 +280,14 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
             start = _any_start(plan, out, fold)
             if not f.valid or start is None:
                 continue
-            rest = {k: v for k, v in over.items() if k not in ("tune_steps", "shots")}
+            rest = {k: v for k, v in over.items() if k not in ("tune_steps", "tune_shots", "shots")}
             for steps in ([1, 2] if args.quick else over["tune_steps"]):
                 dest = tried.setdefault((label, fold), {})[steps] = out / "tune" / label / fold / f"steps{steps}"
                 if not (dest / "results.json").exists():
                     jobs.append((f"{label}/{fold}/steps{steps}", _cli(
                         "compare", "--adapters", start, "--tasks", ",".join(f.valid), "--out", dest,
-                        *_common(plan, args, "valid", [1, 5]), *_flags(rest), "--steps", steps), dest.with_suffix(".log")))
+                        *_common(plan, args, "valid", over.get("tune_shots", [1, 5])), *_flags(rest), "--steps", steps),
+                        dest.with_suffix(".log")))
     run_jobs(jobs, args.jobs, _deadline(args), "tune")
     for (label, fold), dests in tried.items():
         scores = {}
@@ -296,7 +299,8 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
             best = max(scores, key=scores.get)
             choice = out / "tune" / label / fold / "choice.json"
             choice.with_suffix(".tmp").write_text(json.dumps(
-                {"steps": best, "mean_valid_rougeL": scores, "criterion": "mean R-L over the validation tasks at 1 and 5 shots"}))
+                {"steps": best, "mean_valid_rougeL": scores,
+                 "criterion": f"mean R-L over the validation tasks at {plan.baselines[label].get('tune_shots', [1, 5])} shots"}))
             os.replace(choice.with_suffix(".tmp"), choice)  # a half-written choice never reaches the test stage
             print(f"[tune] {label}/{fold}: {best} steps ({scores})", flush=True)
 
@@ -316,7 +320,7 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
             dest = out / "test" / label / fold
             if start is None or (dest / "results.json").exists():
                 continue
-            extra = {k: v for k, v in over.items() if k not in ("tune_steps", "shots")}
+            extra = {k: v for k, v in over.items() if k not in ("tune_steps", "tune_shots", "shots")}
             if "tune_steps" in over:
                 steps = _tuned(plan, out, label, fold)
                 if steps is None:

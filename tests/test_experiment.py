@@ -52,7 +52,8 @@ def test_the_pool_plan_covers_every_learner_and_baseline():
     assert len(plan.pool) == 15 and len(exp.folds(plan)) == 6
     assert {"reptile", "reptile-validated", "fomaml", "meta-lora", "maml", "meta-sgd", "maml++"} == set(plan.learners)
     assert "validate" not in plan.learners["reptile"] and plan.learners["reptile-validated"]["validate"]
-    assert plan.baselines["lora-data"]["shots"] == "5,20,50" and plan.baselines["lora"]["tune_steps"] == [7, 21]
+    assert plan.baselines["lora-data"]["shots"] == "20,50" and plan.baselines["lora-data"]["tune_shots"] == [20, 50]
+    assert plan.baselines["lora"]["tune_steps"] == [7, 21]
 
 
 def test_checks_compare_with_the_unadapted_start_and_lora():
