@@ -1,7 +1,7 @@
 """The benchmark runner (issue #7): speed and memory of meta-training and adaptation, MLX side by side
 with PyTorch + PEFT on the same device and the same token batches.
 
-    python -m benchmarks [--quick] [--shapes smollm2-135m,llama2-7b] [--precisions float,4bit]
+    python -m benchmarks [--quick] [--shapes smollm2-135m,llama2-7b] [--precisions float,4bit,4bit-dense]
                          [--batch B] [--length L] [--model GGUF|folder] [--out DIR]
 
 For each model shape and base precision it measures, after warm-up, the median of --repeats runs of:
@@ -102,7 +102,7 @@ def mlx_model(shape: str, precision: str, model_path: str | None):
 
     from mlx_reptilora.model import backend, models
 
-    bits = 4 if precision == "4bit" else None
+    bits = 4 if precision.startswith("4bit") else None
     if SHAPES[shape] is None:
         base = models.load(model_path, quantize_bits=bits, verbose=False)
         cfg = json.loads((base.path / "config.json").read_text())
@@ -168,7 +168,9 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     adapters.attach(model, adapters.LoraConfig())
     B, L, T = args.batch, args.length, args.steps
     rows = random_rows(B, L, vocab, 0)
-    inner = InnerLoop(model, InnerConfig(steps=T, micro_batch=B), [L])
+    # 4bit: MLX's quantized matmul kernel; 4bit-dense: each weight dequantized just in time (model/quantized.py)
+    inner = InnerLoop(model, InnerConfig(steps=T, micro_batch=B, quantized_matmul="dense" if precision == "4bit-dense"
+                                         else "kernel"), [L])
     batches = inner.batches(rows)
     tokens = B * L
     r = {"dtype": backend.dtype_name(backend.compute_dtype()), "base": precision}
@@ -487,7 +489,9 @@ def main(argv=None):
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="tiny shapes, seconds: what CI runs")
     ap.add_argument("--shapes", help="comma-separated: " + ", ".join(SHAPES) + " [by device]")
-    ap.add_argument("--precisions", default="float,4bit", help="float (bf16 GPU / fp32 CPU) and/or 4bit")
+    ap.add_argument("--precisions", default="float,4bit,4bit-dense",
+                    help="float (bf16 GPU / fp32 CPU), 4bit (QLoRA through MLX's quantized matmul kernel), "
+                         "4bit-dense (QLoRA through weights dequantized just in time)")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--length", type=int)
     ap.add_argument("--steps", type=int, default=7, help="T inner steps per episode / adaptation")

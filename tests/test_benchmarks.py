@@ -19,7 +19,8 @@ def test_quick_mode_writes_every_measurement(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["matmul_peak"]["tflops"] > 0
-    assert [(row["shape"], row["precision"]) for row in res["rows"]] == [("tiny", "float"), ("tiny", "4bit")]
+    assert [(row["shape"], row["precision"]) for row in res["rows"]] == [("tiny", "float"), ("tiny", "4bit"),
+                                                                    ("tiny", "4bit-dense")]
     mlx, torch = res["rows"][0]["mlx"], res["rows"][0]["torch"]
     for key in ("step_tok_s", "episode_tok_s", "meta_overhead", "first_step_s", "adapt_s", "gen_tok_s",
                 "full_ft_step_s", "step_peak_gb"):

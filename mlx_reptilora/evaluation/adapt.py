@@ -70,7 +70,7 @@ class AdaptOptions(StepOptions):
 
     def inner(self, plan: recipes.Recipe) -> InnerConfig:
         return InnerConfig(plan.steps, plan.lr, plan.optimizer, self.weight_decay, self.grad_clip, self.micro_batch,
-                           grad_checkpoint=self.grad_checkpoint)
+                           grad_checkpoint=self.grad_checkpoint, quantized_matmul=self.quantized_matmul)
 
 
 @dataclass

@@ -69,7 +69,8 @@ class Validator:
         if k not in self.loops:
             c = self.cfg
             self.loops[k] = InnerLoop(self.s.base.model, InnerConfig(r.steps, r.lr, r.optimizer, c.weight_decay,
-                                      c.grad_clip, self.s.inner.cfg.micro_batch, grad_checkpoint=c.grad_checkpoint),
+                                      c.grad_clip, self.s.inner.cfg.micro_batch, grad_checkpoint=c.grad_checkpoint,
+                                      quantized_matmul=c.quantized_matmul),
                                       bucket_lengths(c.max_length))
         return self.loops[k]
 

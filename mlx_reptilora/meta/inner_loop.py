@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from ..data import episodes, prompts
 from ..errors import UserError
-from ..model import adapters, backend
+from ..model import adapters, backend, quantized
 from ..options import option
 from .losses import batch_arrays, summed_loss
 
@@ -63,6 +63,7 @@ class InnerConfig:
     micro_batch: int | None = 4  # examples per forward pass (None: fit to the free memory); gradients accumulate
     batch: int | None = None  # examples per step; None = the whole support set
     grad_checkpoint: bool = False  # recompute each layer's activations in backward: less memory, ~30% slower
+    quantized_matmul: str = "auto"  # a quantized base in training steps: dense | kernel | auto (model/quantized.py)
 
 
 @dataclass
@@ -76,6 +77,10 @@ class StepOptions:
                                      f"step fits in {FILL:.0%} of the free memory; {CPU_MICRO_BATCH} on a CPU")
     grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass: less memory, "
                                           "~30% slower")
+    quantized_matmul: str = option("auto", "with --quantize, how training steps multiply by the frozen weights: dense "
+                                           "(each dequantized just in time, the dense GEMM, again in the backward) or "
+                                           "kernel (MLX's quantized matmul, built for decoding)", choices=quantized.MODES,
+                                   default_text="auto: dense on CUDA, kernel elsewhere")
 
 
 @dataclass
@@ -209,17 +214,19 @@ class InnerLoop:
         self.optimizer.init(model.trainable_parameters())
         self._fresh = _copy(self.optimizer.state)
         self.traces = 0  # how often a compiled function was traced (tests: no retrace per episode)
+        dense = quantized.resolve(cfg.quantized_matmul) == "dense"
 
         def train_loss(*arrays):
             self.traces += 1  # runs only while tracing
             model.train()  # the traced graph includes dropout
-            with checkpointed_layers(model) if cfg.grad_checkpoint else nullcontext():
+            with checkpointed_layers(model) if cfg.grad_checkpoint else nullcontext(), quantized.dense_matmuls(dense):
                 return summed_loss(model, *arrays)
 
         def eval_loss(*arrays):
             self.traces += 1
             model.eval()  # the traced graph has no dropout
-            return summed_loss(model, *arrays)
+            with quantized.dense_matmuls(dense):
+                return summed_loss(model, *arrays)
 
         self._train_loss = train_loss
         loss_and_grad = nn.value_and_grad(model, train_loss)

@@ -106,7 +106,7 @@ class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, Ou
 
     def inner(self) -> InnerConfig:
         return InnerConfig(self.inner_steps, self.inner_lr, self.inner_optimizer, self.weight_decay, self.grad_clip,
-                           self.micro_batch, self.inner_batch, self.grad_checkpoint)
+                           self.micro_batch, self.inner_batch, self.grad_checkpoint, self.quantized_matmul)
 
     def validate(self) -> None:
         options.check(self)

@@ -1,0 +1,62 @@
+"""How a quantized (QLoRA) base multiplies in a training step.
+
+MLX's quantized matmul kernel is built for decoding (a few rows at a time); a training step
+multiplies thousands of rows, where it ran the Llama-2-7B-shaped step at 0.28x the bf16 speed on an
+H100 (benchmarks/RESULTS.md). "dense" dequantizes each frozen weight to the compute dtype just in
+time and uses the dense GEMM; inside mx.checkpoint, so the backward dequantizes it again instead of
+keeping every layer's dense copy alive (that would cost the bf16 model's memory).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from . import backend
+
+MODES = ("auto", "dense", "kernel")
+
+
+def resolve(mode: str) -> str:
+    """auto: dense on CUDA, where the kernel is slow on training-sized batches; the kernel elsewhere."""
+    if mode not in MODES:
+        from ..errors import UserError
+
+        raise UserError(f"--quantized-matmul {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "auto":
+        return "dense" if backend.backend_name() == "cuda" else "kernel"
+    return mode
+
+
+def _dense_product(layer, x: mx.array) -> mx.array:
+    """x @ W.T through W dequantized; the quantized arrays are closed over (frozen: no gradient is
+    asked of them), so the checkpoint keeps only x."""
+    weight, scales, biases = layer["weight"], layer["scales"], layer.get("biases")
+
+    def product(x):
+        w = mx.dequantize(weight, scales, biases, group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+        return x @ w.astype(x.dtype).T
+
+    return mx.checkpoint(product)(x)
+
+
+def _dense_call(self: nn.QuantizedLinear, x: mx.array) -> mx.array:
+    y = _dense_product(self, x)
+    return y + self["bias"] if "bias" in self else y
+
+
+@contextmanager
+def dense_matmuls(enabled: bool = True):
+    """While a step is traced, quantized layers multiply through dequantized weights: every
+    QuantizedLinear, and a quantized embedding used as the (tied) output layer."""
+    if not enabled:
+        yield
+        return
+    kernels = nn.QuantizedLinear.__call__, nn.QuantizedEmbedding.as_linear
+    nn.QuantizedLinear.__call__, nn.QuantizedEmbedding.as_linear = _dense_call, _dense_product
+    try:
+        yield
+    finally:
+        nn.QuantizedLinear.__call__, nn.QuantizedEmbedding.as_linear = kernels
