@@ -63,7 +63,7 @@ class InnerConfig:
     micro_batch: int | None = 4  # examples per forward pass (None: fit to the free memory); gradients accumulate
     batch: int | None = None  # examples per step; None = the whole support set
     grad_checkpoint: bool = False  # recompute each layer's activations in backward: less memory, ~30% slower
-    quantized_matmul: str = "auto"  # a quantized base in training steps: dense | kernel | auto (model/quantized.py)
+    quantized_matmul: str = "kernel"  # a quantized base in training steps: kernel | dense (model/quantized.py)
 
 
 @dataclass
@@ -77,10 +77,10 @@ class StepOptions:
                                      f"step fits in {FILL:.0%} of the free memory; {CPU_MICRO_BATCH} on a CPU")
     grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass: less memory, "
                                           "~30% slower")
-    quantized_matmul: str = option("auto", "with --quantize, how training steps multiply by the frozen weights: dense "
-                                           "(each dequantized just in time, the dense GEMM, again in the backward) or "
-                                           "kernel (MLX's quantized matmul, built for decoding)", choices=quantized.MODES,
-                                   default_text="auto: dense on CUDA, kernel elsewhere")
+    quantized_matmul: str = option("kernel", "with --quantize, how training steps multiply by the frozen weights: "
+                                             "kernel (MLX's quantized matmul, built for decoding) or dense (each "
+                                             "weight dequantized just in time for the dense GEMM, and again in the "
+                                             "backward)", choices=quantized.MODES)
 
 
 @dataclass

@@ -14,19 +14,14 @@ from contextlib import contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import backend
-
-MODES = ("auto", "dense", "kernel")
+MODES = ("kernel", "dense")
 
 
 def resolve(mode: str) -> str:
-    """auto: dense on CUDA, where the kernel is slow on training-sized batches; the kernel elsewhere."""
     if mode not in MODES:
         from ..errors import UserError
 
         raise UserError(f"--quantized-matmul {mode!r}: choose one of {', '.join(MODES)}")
-    if mode == "auto":
-        return "dense" if backend.backend_name() == "cuda" else "kernel"
     return mode
 
 
