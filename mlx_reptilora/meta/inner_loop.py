@@ -16,6 +16,7 @@ import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
+from unittest.mock import patch
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -196,12 +197,9 @@ def twice_differentiable():
     multiple of 128) fails with "Number of outputs ... does not match number of cotangents", and
     mx.fast.cross_entropy (what nn.losses.cross_entropy uses on a GPU) with "[gather_axis] Cannot
     calculate VJP with respect to indices"."""
-    fused = mx.fast.scaled_dot_product_attention, mx.fast.cross_entropy
-    mx.fast.scaled_dot_product_attention, mx.fast.cross_entropy = _attention, _cross_entropy
-    try:
+    with patch.object(mx.fast, "scaled_dot_product_attention", _attention), \
+            patch.object(mx.fast, "cross_entropy", _cross_entropy):
         yield
-    finally:
-        mx.fast.scaled_dot_product_attention, mx.fast.cross_entropy = fused
 
 
 class InnerLoop:

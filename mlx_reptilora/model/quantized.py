@@ -10,6 +10,7 @@ keeping every layer's dense copy alive (that would cost the bf16 model's memory)
 from __future__ import annotations
 
 from contextlib import contextmanager
+from unittest.mock import patch
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -49,9 +50,6 @@ def dense_matmuls(enabled: bool = True):
     if not enabled:
         yield
         return
-    kernels = nn.QuantizedLinear.__call__, nn.QuantizedEmbedding.as_linear
-    nn.QuantizedLinear.__call__, nn.QuantizedEmbedding.as_linear = _dense_call, _dense_product
-    try:
+    with patch.object(nn.QuantizedLinear, "__call__", _dense_call), \
+            patch.object(nn.QuantizedEmbedding, "as_linear", _dense_product):
         yield
-    finally:
-        nn.QuantizedLinear.__call__, nn.QuantizedEmbedding.as_linear = kernels
