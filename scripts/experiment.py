@@ -26,7 +26,6 @@ lease carries on where it stopped:
 from __future__ import annotations
 
 import argparse
-from fnmatch import fnmatch
 import json
 import os
 import signal
@@ -34,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import NamedTuple
 
@@ -243,6 +243,14 @@ def stage_meta(plan: Plan, args, out: Path) -> None:
         print(f"[meta] no start yet for {missing}: re-run to continue them", flush=True)
 
 
+TUNE_SHOTS = [1, 5]  # where a baseline's steps are tuned unless it names its own `tune_shots`
+
+
+def _passed_on(over: dict) -> dict:
+    """A baseline's settings that are compare flags (not the driver's own keys)."""
+    return {k: v for k, v in over.items() if k not in ("tune_steps", "tune_shots", "shots")}
+
+
 def _flags(over: dict) -> list:
     return [x for k, v in over.items() for x in (f"--{k.replace('_', '-')}", v)]
 
@@ -280,13 +288,13 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
             start = _any_start(plan, out, fold)
             if not f.valid or start is None:
                 continue
-            rest = {k: v for k, v in over.items() if k not in ("tune_steps", "tune_shots", "shots")}
             for steps in ([1, 2] if args.quick else over["tune_steps"]):
                 dest = tried.setdefault((label, fold), {})[steps] = out / "tune" / label / fold / f"steps{steps}"
                 if not (dest / "results.json").exists():
                     jobs.append((f"{label}/{fold}/steps{steps}", _cli(
                         "compare", "--adapters", start, "--tasks", ",".join(f.valid), "--out", dest,
-                        *_common(plan, args, "valid", over.get("tune_shots", [1, 5])), *_flags(rest), "--steps", steps),
+                        *_common(plan, args, "valid", over.get("tune_shots", TUNE_SHOTS)), *_flags(_passed_on(over)),
+                        "--steps", steps),
                         dest.with_suffix(".log")))
     run_jobs(jobs, args.jobs, _deadline(args), "tune")
     for (label, fold), dests in tried.items():
@@ -300,7 +308,7 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
             choice = out / "tune" / label / fold / "choice.json"
             choice.with_suffix(".tmp").write_text(json.dumps(
                 {"steps": best, "mean_valid_rougeL": scores,
-                 "criterion": f"mean R-L over the validation tasks at {plan.baselines[label].get('tune_shots', [1, 5])} shots"}))
+                 "criterion": f"mean R-L over the validation tasks at {plan.baselines[label].get('tune_shots', TUNE_SHOTS)} shots"}))
             os.replace(choice.with_suffix(".tmp"), choice)  # a half-written choice never reaches the test stage
             print(f"[tune] {label}/{fold}: {best} steps ({scores})", flush=True)
 
@@ -320,7 +328,7 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
             dest = out / "test" / label / fold
             if start is None or (dest / "results.json").exists():
                 continue
-            extra = {k: v for k, v in over.items() if k not in ("tune_steps", "tune_shots", "shots")}
+            extra = _passed_on(over)
             if "tune_steps" in over:
                 steps = _tuned(plan, out, label, fold)
                 if steps is None:
@@ -400,7 +408,7 @@ def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict
     return found
 
 
-def by_fold(rows, plan: Plan, systems: list[str], found: list[dict], lora: str | None, data: str | None) -> list[str]:
+def by_fold(rows, plan: Plan, systems: list[str], found: list[dict], data: str | None) -> list[str]:
     """The headline tables: each system's ROUGE-L averaged over each held-out fold's tasks, and the
     targets per fold: at k shots, the learner with the most tasks ≥ LoRA + 2 R-L with the intervals
     apart (the target asks for all of them); at 5 shots, the best learner against LoRA at 20 and 50."""
@@ -548,7 +556,7 @@ def stage_report(plan: Plan, args, out: Path) -> None:
     found = checks(rows, plan, learners + [s for s in plan.references if not s.startswith("lora")], lora)
     spent = cost(full, out)  # every start meta-trained so far, tested or not
     data = next((s for s in plan.baselines if any(r["system"] == s and r["shots"] == 20 for r in rows)), None)
-    lines = [f"# {plan.about}", "", *by_fold(rows, full, systems, found, lora, data), "", table(rows, plan, systems),
+    lines = [f"# {plan.about}", "", *by_fold(rows, full, systems, found, data), "", table(rows, plan, systems),
              "ROUGE F x100, bootstrap mean [95% interval]; k > 0: the draws pooled; test splits; every start "
              "adapted with its own recipe.", "",
              "| system | task | shots | R-L | − un-adapted start | below it, intervals apart | − LoRA | apart from LoRA |",

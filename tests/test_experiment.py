@@ -137,7 +137,7 @@ def test_the_targets_by_held_out_group():
              ("lora", 1, 12), ("lora", 5, 17), ("lora-data", 20, 15), ("lora-data", 50, 20)]]
     rows[-5] = _row("pydoc-name", "n", 5, 13)  # n at 5 shots: a big win on pydoc only
     found = exp.checks(rows, plan, ["m", "n"], "lora")
-    lines = exp.by_fold(rows, plan, ["m", "n", "lora", "lora-data"], found, "lora", "lora-data")
+    lines = exp.by_fold(rows, plan, ["m", "n", "lora", "lora-data"], found, "lora-data")
     # 1 shot: m is 4 ahead of LoRA on both tasks, intervals apart -> met; 5 shots: n wins one task of two
     assert "| python | 1 | m | 2 / 2 | +4.00 | yes |" in lines
     assert "| python | 5 | n | 1 / 2 | +4.50 | no |" in lines

@@ -68,9 +68,8 @@ class AdaptOptions(StepOptions):
             raise UserError(f"--steps must be >= 0 (got {steps})")
         return steps
 
-    def inner(self, plan: recipes.Recipe) -> InnerConfig:
-        return InnerConfig(plan.steps, plan.lr, plan.optimizer, self.weight_decay, self.grad_clip, self.micro_batch,
-                           grad_checkpoint=self.grad_checkpoint, quantized_matmul=self.quantized_matmul)
+    def inner(self, plan: recipes.Recipe, **over) -> InnerConfig:
+        return self.inner_config(plan.steps, plan.lr, plan.optimizer, **over)
 
 
 @dataclass

@@ -81,9 +81,12 @@ def _run(cfg: CompareConfig) -> dict:
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    inners = {s: InnerLoop(base.model, cfg.inner(p), bucket_lengths(cfg.max_length), rows=max(cfg.shots, default=1),
-                           say=None if cfg.quiet else lambda line, s=s: print(f"{s}: {line}"))
-              for s, p in plans.items() if s in cfg.systems}
+    inners: dict[str, InnerLoop] = {}
+    for s in (s for s in plans if s in cfg.systems):
+        # both adapt the same model: the first measures an automatic micro-batch, the second takes it
+        fitted = {"micro_batch": next(iter(inners.values())).cfg.micro_batch} if inners else {}
+        inners[s] = InnerLoop(base.model, cfg.inner(plans[s], **fitted), bucket_lengths(cfg.max_length),
+                              rows=max(cfg.shots, default=1), say=None if cfg.quiet else print)
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]
              for n, t in loaded.items()}

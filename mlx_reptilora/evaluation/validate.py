@@ -20,7 +20,7 @@ from ..data import episodes, prompts, tasks
 from ..errors import UserError
 from ..meta import recipe as recipes
 from ..meta import train
-from ..meta.inner_loop import InnerConfig, InnerLoop, bucket_lengths
+from ..meta.inner_loop import InnerLoop, bucket_lengths
 from . import evaluate
 from .adapt import adapt_with
 
@@ -68,9 +68,8 @@ class Validator:
         k = (r.optimizer, r.lr)
         if k not in self.loops:
             c = self.cfg
-            self.loops[k] = InnerLoop(self.s.base.model, InnerConfig(r.steps, r.lr, r.optimizer, c.weight_decay,
-                                      c.grad_clip, self.s.inner.cfg.micro_batch, grad_checkpoint=c.grad_checkpoint,
-                                      quantized_matmul=c.quantized_matmul),
+            self.loops[k] = InnerLoop(self.s.base.model, c.inner_config(r.steps, r.lr, r.optimizer,
+                                                                        micro_batch=self.s.inner.cfg.micro_batch),
                                       bucket_lengths(c.max_length))
         return self.loops[k]
 

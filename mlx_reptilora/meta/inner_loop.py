@@ -83,6 +83,12 @@ class StepOptions:
                                              "weight dequantized just in time for the dense GEMM, and again in the "
                                              "backward)", choices=quantized.MODES)
 
+    def inner_config(self, steps: int, lr: float, optimizer: str, **over) -> InnerConfig:
+        """The inner loop these options describe, taking steps, lr and optimizer from a recipe."""
+        return InnerConfig(**{"steps": steps, "lr": lr, "optimizer": optimizer, "weight_decay": self.weight_decay,
+                              "grad_clip": self.grad_clip, "micro_batch": self.micro_batch,
+                              "grad_checkpoint": self.grad_checkpoint, "quantized_matmul": self.quantized_matmul, **over})
+
 
 @dataclass
 class Trajectory:
@@ -212,7 +218,7 @@ class InnerLoop:
         self.optimizer.init(model.trainable_parameters())
         self._fresh = _copy(self.optimizer.state)
         self.traces = 0  # how often a compiled function was traced (tests: no retrace per episode)
-        dense = quantized.resolve(cfg.quantized_matmul) == "dense"
+        dense = quantized.is_dense(cfg.quantized_matmul)
 
         def train_loss(*arrays):
             self.traces += 1  # runs only while tracing

@@ -105,8 +105,7 @@ class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, Ou
             self.inner_lr = 0.1 if self.inner_optimizer == "sgd" else 5e-4
 
     def inner(self) -> InnerConfig:
-        return InnerConfig(self.inner_steps, self.inner_lr, self.inner_optimizer, self.weight_decay, self.grad_clip,
-                           self.micro_batch, self.inner_batch, self.grad_checkpoint, self.quantized_matmul)
+        return self.inner_config(self.inner_steps, self.inner_lr, self.inner_optimizer, batch=self.inner_batch)
 
     def validate(self) -> None:
         options.check(self)
@@ -177,7 +176,7 @@ def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None
                             f"--learner {cfg.learner} needs one")
     # the largest step: the support (or --inner-batch) set, or the query set its loss is taken on
     inner = InnerLoop(base.model, cfg.inner(), bucket_lengths(cfg.max_length), max(cfg.inner_batch or cfg.support, cfg.query),
-                      cfg.learner in SGD_LEARNERS and not cfg.first_order, progress.log if (world or World()).main else None)
+                      cfg.learner in SGD_LEARNERS and not cfg.first_order, progress.log if world is None or world.main else None)
     if world is not None and world.size > 1:  # every rank steps alike: rank 0's choice
         inner.cfg.micro_batch = world.broadcast_json(inner.cfg.micro_batch)
     return Setup(base, lora, prepared, sampler, inner, make_learner(cfg, world))

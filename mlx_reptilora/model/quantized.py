@@ -18,12 +18,12 @@ import mlx.nn as nn
 MODES = ("kernel", "dense")
 
 
-def resolve(mode: str) -> str:
+def is_dense(mode: str) -> bool:
     if mode not in MODES:
         from ..errors import UserError
 
         raise UserError(f"--quantized-matmul {mode!r}: choose one of {', '.join(MODES)}")
-    return mode
+    return mode == "dense"
 
 
 def _dense_product(layer, x: mx.array) -> mx.array:
