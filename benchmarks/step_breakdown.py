@@ -10,7 +10,13 @@ Variants, each in the same process on the same random batch, after warm-up:
                      base: this measures what the fp32 LoRA branch costs)
   grad checkpoint    --grad-checkpoint: each layer's activations recomputed in backward
   mlx-lm stock       mlx_lm.tuner's compiled step: full-sequence loss, dropout 0, no clipping
-It answers issue #7's "why": how far the step is from the matmul peak and PyTorch's memory, and what
+  memory limit       mx.set_memory_limit(--memory-limit-gb): on CUDA the peak counts buffers that
+                     queued kernels still hold; past the limit, evaluation waits for them to finish
+  swiglu recompute   silu(gate) * up inside mx.checkpoint: only gate and up kept for the backward
+  4bit, 4bit dense   a 4-bit base through the quantized matmul kernel / weights dequantized just in
+                     time (--quantized-matmul dense); "limited": with the memory limit too
+--torch adds PyTorch + PEFT's step on the same batch (the runner's child process), so every
+variant is compared with it in one run. It answers issue #7's "why": how far the step is from the matmul peak and PyTorch's memory, and what
 each piece costs. Writes breakdown.json and breakdown.md.
 """
 
@@ -19,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager, nullcontext
 from functools import partial
+from unittest.mock import patch
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +36,40 @@ from benchmarks.runner import flops_per_token, median_time, mlx_matmul_peak, mlx
     release_mlx, token_range, with_peak_memory
 
 
-def measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, checkpoint=False, grad_only=False,
-            stock=False) -> dict:
+@contextmanager
+def swiglu_recomputed():
+    """mlx-lm's llama MLP with silu(gate) * up recomputed in the backward (the sigmoid, silu and
+    product are not kept)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.models import llama
+
+    with patch.object(llama, "swiglu", mx.checkpoint(lambda gate, up: nn.silu(gate) * up)):
+        yield
+
+
+@contextmanager
+def memory_limit(gb: float | None):
+    import mlx.core as mx
+
+    if gb is None:
+        yield
+        return
+    old = mx.set_memory_limit(int(gb * 1e9))
+    try:
+        yield
+    finally:
+        mx.set_memory_limit(old)
+
+
+def measure(name: str, shape: str, args, **opts) -> dict:
+    with swiglu_recomputed() if opts.pop("swiglu_recompute", False) else nullcontext(), \
+            memory_limit(args.memory_limit_gb if opts.pop("memory_limit", False) else None):
+        return _measure(name, shape, args, **opts)
+
+
+def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, checkpoint=False, grad_only=False,
+             stock=False, precision="float") -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
@@ -39,7 +79,7 @@ def measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, che
     from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
     from mlx_reptilora.meta.losses import batch_arrays
 
-    model, tokenizer, cfg = mlx_model(shape, "float", args.model)
+    model, tokenizer, cfg = mlx_model(shape, precision, args.model)
     adapters.attach(model, adapters.LoraConfig(dropout=dropout))
     if adapter_dtype is not None:
         model.update(tree_map(lambda p: p.astype(adapter_dtype), model.trainable_parameters()))
@@ -63,7 +103,9 @@ def measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, che
         def step():
             mx.eval(stock_step(ids, lengths), state)
     else:
-        inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint), [args.length])
+        inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint,
+                                             quantized_matmul="dense" if precision == "4bit-dense" else "kernel"),
+                          [args.length])
         batches = inner.batches(rows)
         if grad_only:
             arrays = batch_arrays(batches[0])
@@ -90,12 +132,18 @@ VARIANTS = {
     "bf16 adapters": {"adapter_dtype": "compute"},
     "grad checkpoint": {"checkpoint": True},
     "mlx-lm stock": {"stock": True, "dropout": 0.0},
+    "memory limit": {"memory_limit": True},
+    "swiglu recompute": {"swiglu_recompute": True},
+    "memory limit + swiglu recompute": {"memory_limit": True, "swiglu_recompute": True},
+    "4bit": {"precision": "4bit"},
+    "4bit dense": {"precision": "4bit-dense"},
+    "4bit dense limited": {"precision": "4bit-dense", "memory_limit": True},
 }
 
 
 def markdown(res: dict) -> str:
     lines = [f"{res['device']}, {res['shape']}, batch {res['batch']} x {res['length']}, medians of {res['repeats']}; "
-             f"matmul peak {res['peak_tflops']:.3g} TFLOP/s", "",
+             f"matmul peak {res['peak_tflops']:.3g} TFLOP/s; memory limit variants at {res['memory_limit_gb']:g} GB", "",
              "| variant | s / step | tok/s | vs ours | utilisation | peak GB | first step s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     base = res["rows"][0]["step_s"]
@@ -115,7 +163,10 @@ def main(argv=None):
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--memory-limit-gb", type=float, default=24.0,
+                    help="the memory limit variants' mx.set_memory_limit (24: below PyTorch + PEFT's 25.1 GB peak)")
     ap.add_argument("--model", help="the bundled model's GGUF (for its tokenizer, and the smollm2 shape)")
+    ap.add_argument("--torch", action="store_true", help="add PyTorch + PEFT's step on the same batch (bf16 autocast)")
     ap.add_argument("--out", default="benchmarks/out/breakdown")
     args = ap.parse_args(argv)
 
@@ -129,6 +180,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     res = {"device": device_name(backend.backend_name()), "date": time.strftime("%Y-%m-%d"), "shape": args.shape,
            "batch": args.batch, "length": args.length, "repeats": args.repeats, "peak_tflops": peak["tflops"],
+           "memory_limit_gb": args.memory_limit_gb,
            "backend": backend.describe(), "rows": []}
     for name in args.variants.split(","):
         opts = dict(VARIANTS[name])
@@ -143,7 +195,29 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         (out / "breakdown.json").write_text(json.dumps(res, indent=2))
         (out / "breakdown.md").write_text(markdown(res))
+    if args.torch:
+        res["rows"].append(torch_row(args, out))
+        (out / "breakdown.json").write_text(json.dumps(res, indent=2))
+        (out / "breakdown.md").write_text(markdown(res))
     print(markdown(res))
+
+
+def torch_row(args, out: Path) -> dict:
+    """The runner's PyTorch + PEFT step (its child process) on the same rows, as a variant row."""
+    from benchmarks.runner import SHAPES, token_range, torch_side
+    from mlx_reptilora.model import models
+
+    path = models.resolve(args.model, verbose=False) if args.model or SHAPES[args.shape] is None else None
+    _, tokenizer, cfg = mlx_model(args.shape, "float", args.model)
+    ns = argparse.Namespace(batch=args.batch, length=args.length, steps=7, repeats=args.repeats, gen_batch=1,
+                            gen_tokens=1, no_full_ft=True, out=str(out))
+    t = torch_side(ns, args.shape, "float", path, token_range(tokenizer, cfg))
+    if "step_s" not in t:
+        return {"variant": "PyTorch + PEFT", "failed": t.get("failed") or t.get("skipped")}
+    tokens = args.batch * args.length
+    return {"variant": "PyTorch + PEFT", "step_s": t["step_s"], "tok_s": tokens / t["step_s"],
+            "peak_gb": t["step_peak_gb"], "first_step_s": t["first_step_s"],
+            "utilisation": tokens * flops_per_token(cfg) / t["step_s"] / args.peak_flops}
 
 
 if __name__ == "__main__":

@@ -50,9 +50,9 @@ if [[ $STAGES == *meta* ]]; then
       --jobs ${JOBS:-10} --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
   pack
 fi
-if [[ $STAGES == *test* ]]; then  # tuning (a few short runs) gets a third of what is left, testing the rest
+if [[ $STAGES == *test* ]]; then  # tuning gets TUNE_SHARE % of what is left (a third: a few short runs), testing the rest
   for stage in tune test; do
-    d=$(( $(left) - 200 )); [ $stage = tune ] && d=$(( d / 3 )); [ $d -gt 20 ] || d=20
+    d=$(( $(left) - 200 )); [ $stage = tune ] && d=$(( d * ${TUNE_SHARE:-33} / 100 )); [ $d -gt 20 ] || d=20
     timeout $(( $(left) - 30 )) python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage $stage \
         --jobs ${JOBS:-10} --deadline $d --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
   done
