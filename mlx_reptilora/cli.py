@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     from .model import backend
 
     try:
-        backend.limit_cache()
+        backend.apply_limits()
         code = app(args=argv, standalone_mode=False)  # errors come here, to be said in one line
         if code == 130:  # every command, generated or written here: typer's exit for KeyboardInterrupt
             return _stopped()

@@ -113,21 +113,24 @@ def test_a_job_deaf_to_the_deadline_is_killed_after_the_grace(tmp_path, monkeypa
     assert codes == {"deaf": (-9, True)} and time.time() - t < 15
 
 
-def test_cache_limit_from_the_environment(monkeypatch):
+def test_memory_limits_from_the_environment(monkeypatch):
     import mlx.core as mx
 
     from mlx_reptilora.model import backend
 
     monkeypatch.setenv("MLX_REPTILORA_CACHE_LIMIT_GB", "0.5")
-    before = mx.set_cache_limit(0)
+    monkeypatch.setenv("MLX_REPTILORA_MEMORY_LIMIT_GB", "7")
+    cache, memory = mx.set_cache_limit(0), mx.get_memory_limit()
     try:
-        backend.limit_cache()
-        assert mx.set_cache_limit(before) == 500_000_000
+        backend.apply_limits()
+        assert mx.set_cache_limit(cache) == 500_000_000
+        assert mx.set_memory_limit(memory) == 7_000_000_000
     finally:
-        mx.set_cache_limit(before)
-    monkeypatch.setenv("MLX_REPTILORA_CACHE_LIMIT_GB", "3GB")
-    with pytest.raises(UserError, match="expected a number of GB"):
-        backend.limit_cache()
+        mx.set_cache_limit(cache)
+        mx.set_memory_limit(memory)
+    monkeypatch.setenv("MLX_REPTILORA_MEMORY_LIMIT_GB", "3GB")
+    with pytest.raises(UserError, match="MLX_REPTILORA_MEMORY_LIMIT_GB='3GB': expected a number of GB"):
+        backend.apply_limits()
 
 
 def test_the_targets_by_held_out_group():
