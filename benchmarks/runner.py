@@ -366,6 +366,17 @@ def torch_worker(spec_path: str) -> None:
     print("RESULT " + json.dumps(r), flush=True)
 
 
+def torch_shape(shape: str, model_path: str | None) -> tuple[Path | None, dict]:
+    """What torch_side needs of a shape, without building it: the bundled model's HF folder (None for
+    a fixed geometry, built from its config) and the shape's config (its vocab_size draws the rows)."""
+    from mlx_reptilora.model import models
+
+    if SHAPES[shape] is not None:
+        return None, SHAPES[shape]
+    path = models.resolve(model_path, verbose=False)
+    return path, json.loads((path / "config.json").read_text())
+
+
 def torch_side(args, shape: str, precision: str, model_path: Path | None, vocab: int) -> dict:
     import importlib.util
 
@@ -511,7 +522,7 @@ def main(argv=None):
 
     import mlx_reptilora  # noqa: F401 -- BLAS before mlx.core
 
-    from mlx_reptilora.model import backend, models
+    from mlx_reptilora.model import backend
 
     gpu = backend.backend_name() != "cpu"
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
@@ -562,12 +573,10 @@ def main(argv=None):
                     m["full_ft"] = f"failed: {one_line(e)}"
             m["mlx_held_gb_during_torch"] = release_mlx()
             save()
-            vocab = SHAPES[shape]["vocab_size"] if SHAPES[shape] else None
-            path = models.resolve(args.model, verbose=False) if SHAPES[shape] is None else None
-            if vocab is None:
-                vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+            path, shape_cfg = torch_shape(shape, args.model)
             print(f"{shape} {precision}: PyTorch ...", flush=True)
-            tr = {"skipped": "--no-torch"} if args.no_torch else torch_side(args, shape, precision, path, vocab)
+            tr = ({"skipped": "--no-torch"} if args.no_torch
+                  else torch_side(args, shape, precision, path, shape_cfg["vocab_size"]))
             row.update(torch=tr, seconds=round(time.time() - t, 1))
             save()
             print(f"{shape} {precision}: done in {time.time() - t:.0f} s", flush=True)

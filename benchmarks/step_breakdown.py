@@ -204,14 +204,12 @@ def main(argv=None):
 
 def torch_row(args, out: Path) -> dict:
     """The runner's PyTorch + PEFT step (its child process) on the same rows, as a variant row."""
-    from benchmarks.runner import SHAPES, token_range, torch_side
-    from mlx_reptilora.model import models
+    from benchmarks.runner import torch_shape, torch_side
 
-    path = models.resolve(args.model, verbose=False) if args.model or SHAPES[args.shape] is None else None
-    _, tokenizer, cfg = mlx_model(args.shape, "float", args.model)
+    path, cfg = torch_shape(args.shape, args.model)  # as the runner passes it: no MLX model built here
     ns = argparse.Namespace(batch=args.batch, length=args.length, steps=7, repeats=args.repeats, gen_batch=1,
                             gen_tokens=1, no_full_ft=True, out=str(out))
-    t = torch_side(ns, args.shape, "float", path, token_range(tokenizer, cfg))
+    t = torch_side(ns, args.shape, "float", path, cfg["vocab_size"])
     if "step_s" not in t:
         return {"variant": "PyTorch + PEFT", "failed": t.get("failed") or t.get("skipped")}
     tokens = args.batch * args.length
