@@ -95,6 +95,12 @@ def mlx_matmul_peak(size: int, repeats: int) -> dict:
     return {"dtype": str(dtype).split(".")[-1], "size": size, "tflops": 2 * size**3 / s / 1e12}
 
 
+def quantized_matmul(precision: str) -> str:
+    """InnerConfig.quantized_matmul of a precision: 4bit through MLX's quantized matmul kernel,
+    4bit-dense through each weight dequantized just in time (model/quantized.py)."""
+    return "dense" if precision == "4bit-dense" else "kernel"
+
+
 def mlx_model(shape: str, precision: str, model_path: str | None):
     """(model, tokenizer, shape config) for MLX; adapters not attached yet."""
     import mlx.core as mx
@@ -168,9 +174,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     adapters.attach(model, adapters.LoraConfig())
     B, L, T = args.batch, args.length, args.steps
     rows = random_rows(B, L, vocab, 0)
-    # 4bit: MLX's quantized matmul kernel; 4bit-dense: each weight dequantized just in time (model/quantized.py)
-    inner = InnerLoop(model, InnerConfig(steps=T, micro_batch=B, quantized_matmul="dense" if precision == "4bit-dense"
-                                         else "kernel"), [L])
+    inner = InnerLoop(model, InnerConfig(steps=T, micro_batch=B, quantized_matmul=quantized_matmul(precision)), [L])
     batches = inner.batches(rows)
     tokens = B * L
     r = {"dtype": backend.dtype_name(backend.compute_dtype()), "base": precision}

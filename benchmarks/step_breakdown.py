@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import flops_per_token, median_time, mlx_matmul_peak, mlx_model, one_line, random_rows, \
-    release_mlx, token_range, with_peak_memory
+from benchmarks.runner import flops_per_token, median_time, mlx_matmul_peak, mlx_model, one_line, quantized_matmul, \
+    random_rows, release_mlx, token_range, with_peak_memory
 
 
 @contextmanager
@@ -104,7 +104,7 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
             mx.eval(stock_step(ids, lengths), state)
     else:
         inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint,
-                                             quantized_matmul="dense" if precision == "4bit-dense" else "kernel"),
+                                             quantized_matmul=quantized_matmul(precision)),
                           [args.length])
         batches = inner.batches(rows)
         if grad_only:
