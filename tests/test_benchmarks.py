@@ -44,3 +44,14 @@ def test_step_breakdown_measures_every_variant(tmp_path):
     assert [row["variant"] for row in res["rows"]] == list(VARIANTS)
     assert all(row["tok_s"] > 0 and "failed" not in row for row in res["rows"])
     assert "| mlx-lm stock |" in (tmp_path / "breakdown.md").read_text()
+
+
+def test_saved_activations_counts_mlx_and_pytorch(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.saved_activations", "--scale", "32", "--length", "64",
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    per_layer = json.loads((tmp_path / "saved_activations.json").read_text())["bytes_per_layer"]
+    assert list(per_layer) == ["MLX: ours", "MLX: no dropout", "MLX: bf16 adapters", "MLX: swiglu recompute",
+                               "PyTorch + PEFT"]
+    assert all(v > 0 for v in per_layer.values())
+    assert per_layer["MLX: no dropout"] < per_layer["MLX: ours"]  # dropout keeps masks and copies
