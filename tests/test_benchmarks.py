@@ -47,11 +47,13 @@ def test_step_breakdown_measures_every_variant(tmp_path):
 
 
 def test_saved_activations_counts_mlx_and_pytorch(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.saved_activations", "--scale", "32", "--length", "64",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.saved_activations", "--scale", "16", "--length", "256",
                         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     per_layer = json.loads((tmp_path / "saved_activations.json").read_text())["bytes_per_layer"]
     assert list(per_layer) == ["MLX: ours", "MLX: no dropout", "MLX: bf16 adapters", "MLX: swiglu recompute",
                                "PyTorch + PEFT"]
     assert all(v > 0 for v in per_layer.values())
-    assert per_layer["MLX: no dropout"] < per_layer["MLX: ours"]  # dropout keeps masks and copies
+    # dropout keeps masks and copies; at 32x narrower and 64 tokens that was within the CPU peak's noise (CI saw
+    # +28 bytes), at 16x and 256 tokens it is ~230 KB against ~1 KB of noise
+    assert per_layer["MLX: no dropout"] < per_layer["MLX: ours"]
