@@ -57,3 +57,18 @@ def test_saved_activations_counts_mlx_and_pytorch(tmp_path):
     # dropout keeps masks and copies; at 32x narrower and 64 tokens that was within the CPU peak's noise (CI saw
     # +28 bytes), at 16x and 256 tokens it is ~230 KB against ~1 KB of noise
     assert per_layer["MLX: no dropout"] < per_layer["MLX: ours"]
+
+
+def test_distributed_benchmark_on_a_random_weights_geometry(tmp_path):
+    """What scripts/device/distributed_gpu.sh runs on several GPUs, on this CPU: a runner geometry
+    written as a random-weights model folder that the real CLI loads, 1 process and 2 under
+    mlx.launch, and the 2-process adapters checked against the 1-process ones."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.distributed", "--shape", "tiny", "--episodes", "2",
+                        "--support", "2", "--inner-steps", "2", "--max-length", "128", "--work", str(tmp_path / "work"),
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
+    assert [(row["learner"], row["processes"]) for row in rows] == [("reptile", 1), ("reptile", 2)]
+    assert rows[1]["adapters"] == {"identical": True, "relative_diff": 0.0}  # one task a rank: the same sums
+    assert json.loads((tmp_path / "work" / "model-tiny" / "config.json").read_text())["vocab_size"] == 49152
+    assert "| reptile | 2 | default |" in (tmp_path / "distributed.md").read_text()
