@@ -156,6 +156,13 @@ def _cli(*argv) -> list[str]:
 GRACE = 60  # seconds a job has after SIGINT (a checkpoint to write) before SIGTERM, and again before SIGKILL
 
 
+def heed_sigint() -> None:
+    """In a child: SIGINT back to its default, so Python turns it into KeyboardInterrupt (meta-train's
+    checkpoint-and-stop). A driver started with `&` from a script (scripts/device/detached.sh) has it
+    ignored, children inherit that, and the deadline's SIGINT would go unheard until SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_jobs(jobs: list[tuple[str, list[str], Path]], n: int, deadline: float | None = None, what: str = "") -> dict:
     """Run (name, argv, log) jobs n at a time; {name: (exit code, stopped by the deadline)}. At
     `deadline` (time.time()) the running ones get SIGINT once (meta-train checkpoints and stops; a
@@ -168,7 +175,8 @@ def run_jobs(jobs: list[tuple[str, list[str], Path]], n: int, deadline: float | 
             log.parent.mkdir(parents=True, exist_ok=True)
             print(f"[{what}] start {name}", flush=True)
             with open(log, "a") as f:  # the child keeps its own descriptor
-                running.append([name, subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT), time.time(), None])
+                running.append([name, subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, preexec_fn=heed_sigint),
+                                time.time(), None])
         now = time.time()
         if deadline is not None and now >= deadline:
             todo.clear()

@@ -4,6 +4,7 @@ a cut-short run left, and the deadline stops jobs with SIGINT (meta-train's chec
 
 import importlib.util
 import json
+import signal
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -97,7 +98,12 @@ def test_the_deadline_interrupts_running_jobs_and_skips_the_rest(tmp_path):
     jobs = [(f"j{i}", wait, tmp_path / f"j{i}.log") for i in range(3)]
     import time
 
-    codes = exp.run_jobs(jobs, 2, time.time() + 2, "test")
+    # as under `driver &` in a script (scripts/device/detached.sh): SIGINT ignored, which children inherit
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        codes = exp.run_jobs(jobs, 2, time.time() + 2, "test")
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert codes == {"j0": (130, True), "j1": (130, True)}  # j2 never started
     assert (tmp_path / "j0.log").read_text().strip() == "checkpointed"
 
