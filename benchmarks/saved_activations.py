@@ -11,7 +11,8 @@ on its last quarter. A model of 1 and of 3 layers is run, and the difference / 2
 Each is then scaled to the 7B step (x scale for the width, x 4 x 512 / --length for the tokens,
 x 32 layers). Attention here is the CPU's (the scores are kept); on CUDA the fused backward keeps
 only its output and statistics. It answers issue #18's "where do the extra GB go": the MLX variants
-change one thing each (dropout off, bf16 adapters, SwiGLU recomputed).
+change one thing each (dropout off, bf16 adapters, SwiGLU recomputed, the LoRA branch in the base's
+dtype), the last two as meta-train's --recompute-swiglu and --lora-dtype base compute them.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ import argparse
 import gc
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.runner import SHAPES
-from benchmarks.step_breakdown import swiglu_recomputed
 
 VARIANTS = {"ours": {}, "no dropout": {"dropout": 0.0}, "bf16 adapters": {"bf16_adapters": True},
-            "swiglu recompute": {"swiglu_recompute": True}}
+            "swiglu recompute": {"recompute_swiglu": True}, "lora in base dtype": {"lora_dtype": "base"},
+            "swiglu recompute + lora in base dtype": {"recompute_swiglu": True, "lora_dtype": "base"}}
 
 
 def geometry(scale: int, layers: int) -> dict:
@@ -40,14 +40,15 @@ def geometry(scale: int, layers: int) -> dict:
             "vocab_size": 1024}
 
 
-def mlx_bytes(cfg: dict, length: int, dropout=0.1, bf16_adapters=False, swiglu_recompute=False) -> int:
+def mlx_bytes(cfg: dict, length: int, dropout=0.1, bf16_adapters=False, lora_dtype="float32",
+              recompute_swiglu=False) -> int:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
     from mlx_lm.models import llama
 
     from mlx_reptilora.meta.losses import summed_loss
-    from mlx_reptilora.model import adapters
+    from mlx_reptilora.model import activations, adapters
 
     model = llama.Model(llama.ModelArgs.from_dict({"model_type": "llama", **cfg}))
     model.set_dtype(mx.bfloat16)
@@ -61,7 +62,7 @@ def mlx_bytes(cfg: dict, length: int, dropout=0.1, bf16_adapters=False, swiglu_r
     tokens = mx.array(np.random.default_rng(0).integers(3, 1000, (1, length)).astype(np.int32))
     arrays = (tokens, mx.arange(length - n, length), mx.ones(n, dtype=mx.int32), mx.ones(n))
     grad = nn.value_and_grad(model, lambda m: summed_loss(m, *arrays))
-    with swiglu_recomputed() if swiglu_recompute else nullcontext():
+    with activations.keep_less(model, lora_dtype, recompute_swiglu):
         mx.eval(grad(model))  # warm-up
         gc.collect()
         mx.clear_cache()

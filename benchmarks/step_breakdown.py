@@ -12,7 +12,8 @@ Variants, each in the same process on the same random batch, after warm-up:
   mlx-lm stock       mlx_lm.tuner's compiled step: full-sequence loss, dropout 0, no clipping
   memory limit       mx.set_memory_limit(--memory-limit-gb): on CUDA the peak counts buffers that
                      queued kernels still hold; past the limit, evaluation waits for them to finish
-  swiglu recompute   silu(gate) * up inside mx.checkpoint: only gate and up kept for the backward
+  swiglu recompute   --recompute-swiglu: silu(gate) * up inside mx.checkpoint, only gate and up kept
+  lora in base dtype --lora-dtype base: the LoRA branch in bf16 (as PyTorch's autocast), fp32 adapters
   4bit, 4bit dense   a 4-bit base through the quantized matmul kernel / weights dequantized just in
                      time (--quantized-matmul dense); "limited": with the memory limit too
 --torch adds PyTorch + PEFT's step on the same batch (the runner's child process), so every
@@ -25,27 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
-from unittest.mock import patch
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.runner import flops_per_token, median_time, mlx_matmul_peak, mlx_model, one_line, quantized_matmul, \
     random_rows, release_mlx, token_range, with_peak_memory
-
-
-@contextmanager
-def swiglu_recomputed():
-    """mlx-lm's llama MLP with silu(gate) * up recomputed in the backward (the sigmoid, silu and
-    product are not kept)."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx_lm.models import llama
-
-    with patch.object(llama, "swiglu", mx.checkpoint(lambda gate, up: nn.silu(gate) * up)):
-        yield
 
 
 @contextmanager
@@ -63,13 +51,12 @@ def memory_limit(gb: float | None):
 
 
 def measure(name: str, shape: str, args, **opts) -> dict:
-    with swiglu_recomputed() if opts.pop("swiglu_recompute", False) else nullcontext(), \
-            memory_limit(args.memory_limit_gb if opts.pop("memory_limit", False) else None):
+    with memory_limit(args.memory_limit_gb if opts.pop("memory_limit", False) else None):
         return _measure(name, shape, args, **opts)
 
 
 def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, checkpoint=False, grad_only=False,
-             stock=False, precision="float") -> dict:
+             stock=False, precision="float", lora_dtype="float32", recompute_swiglu=False) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
@@ -104,7 +91,8 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
             mx.eval(stock_step(ids, lengths), state)
     else:
         inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint,
-                                             quantized_matmul=quantized_matmul(precision)),
+                                             quantized_matmul=quantized_matmul(precision), lora_dtype=lora_dtype,
+                                             recompute_swiglu=recompute_swiglu),
                           [args.length])
         batches = inner.batches(rows)
         if grad_only:
@@ -133,8 +121,11 @@ VARIANTS = {
     "grad checkpoint": {"checkpoint": True},
     "mlx-lm stock": {"stock": True, "dropout": 0.0},
     "memory limit": {"memory_limit": True},
-    "swiglu recompute": {"swiglu_recompute": True},
-    "memory limit + swiglu recompute": {"memory_limit": True, "swiglu_recompute": True},
+    "swiglu recompute": {"recompute_swiglu": True},
+    "memory limit + swiglu recompute": {"memory_limit": True, "recompute_swiglu": True},
+    "lora in base dtype": {"lora_dtype": "base"},
+    "memory limit + swiglu recompute + lora in base dtype": {"memory_limit": True, "recompute_swiglu": True,
+                                                             "lora_dtype": "base"},
     "4bit": {"precision": "4bit"},
     "4bit dense": {"precision": "4bit-dense"},
     "4bit dense limited": {"precision": "4bit-dense", "memory_limit": True},

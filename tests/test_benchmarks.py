@@ -52,11 +52,15 @@ def test_saved_activations_counts_mlx_and_pytorch(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     per_layer = json.loads((tmp_path / "saved_activations.json").read_text())["bytes_per_layer"]
     assert list(per_layer) == ["MLX: ours", "MLX: no dropout", "MLX: bf16 adapters", "MLX: swiglu recompute",
-                               "PyTorch + PEFT"]
+                               "MLX: lora in base dtype", "MLX: swiglu recompute + lora in base dtype", "PyTorch + PEFT"]
     assert all(v > 0 for v in per_layer.values())
     # dropout keeps masks and copies; at 32x narrower and 64 tokens that was within the CPU peak's noise (CI saw
     # +28 bytes), at 16x and 256 tokens it is ~230 KB against ~1 KB of noise
     assert per_layer["MLX: no dropout"] < per_layer["MLX: ours"]
+    # meta-train's --recompute-swiglu and --lora-dtype base each keep less, together less than either
+    both = per_layer["MLX: swiglu recompute + lora in base dtype"]
+    assert both < per_layer["MLX: swiglu recompute"] < per_layer["MLX: ours"]
+    assert both < per_layer["MLX: lora in base dtype"] < per_layer["MLX: ours"]
 
 
 def test_distributed_benchmark_on_a_random_weights_geometry(tmp_path):

@@ -26,7 +26,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from ..data import episodes, prompts
 from ..errors import UserError
-from ..model import adapters, backend, quantized
+from ..model import activations, adapters, backend, quantized
 from ..options import option
 from .losses import batch_arrays, summed_loss
 
@@ -65,6 +65,8 @@ class InnerConfig:
     batch: int | None = None  # examples per step; None = the whole support set
     grad_checkpoint: bool = False  # recompute each layer's activations in backward: less memory, ~30% slower
     quantized_matmul: str = "kernel"  # a quantized base in training steps: kernel | dense (model/quantized.py)
+    lora_dtype: str = "float32"  # the LoRA branch's dtype in training steps: float32 | base (model/activations.py)
+    recompute_swiglu: bool = False  # silu(gate) * up recomputed in the backward (model/activations.py)
 
 
 @dataclass
@@ -82,12 +84,19 @@ class StepOptions:
                                              "kernel (MLX's quantized matmul, built for decoding) or dense (each "
                                              "weight dequantized just in time for the dense GEMM, and again in the "
                                              "backward)", choices=quantized.MODES)
+    lora_dtype: str = option("float32", "the LoRA branch's dtype in training steps: float32 (the adapters' own: a "
+                                        "bf16 base's activations are promoted and kept in float32) or base (the "
+                                        "base's compute dtype, as PyTorch's autocast runs PEFT; the adapters, their "
+                                        "gradients and the optimizer stay float32)", choices=activations.LORA_DTYPES)
+    recompute_swiglu: bool = option(False, "recompute silu(gate) * up in the backward pass instead of keeping it "
+                                           "(llama-family MLPs): less memory at about the same speed")
 
     def inner_config(self, steps: int, lr: float, optimizer: str, **over) -> InnerConfig:
         """The inner loop these options describe, taking steps, lr and optimizer from a recipe."""
         return InnerConfig(**{"steps": steps, "lr": lr, "optimizer": optimizer, "weight_decay": self.weight_decay,
                               "grad_clip": self.grad_clip, "micro_batch": self.micro_batch,
-                              "grad_checkpoint": self.grad_checkpoint, "quantized_matmul": self.quantized_matmul, **over})
+                              "grad_checkpoint": self.grad_checkpoint, "quantized_matmul": self.quantized_matmul,
+                              "lora_dtype": self.lora_dtype, "recompute_swiglu": self.recompute_swiglu, **over})
 
 
 @dataclass
@@ -219,11 +228,13 @@ class InnerLoop:
         self._fresh = _copy(self.optimizer.state)
         self.traces = 0  # how often a compiled function was traced (tests: no retrace per episode)
         dense = quantized.is_dense(cfg.quantized_matmul)
+        activations.check(model, cfg.lora_dtype, cfg.recompute_swiglu)
 
         def train_loss(*arrays):
             self.traces += 1  # runs only while tracing
             model.train()  # the traced graph includes dropout
-            with checkpointed_layers(model) if cfg.grad_checkpoint else nullcontext(), quantized.dense_matmuls(dense):
+            with checkpointed_layers(model) if cfg.grad_checkpoint else nullcontext(), quantized.dense_matmuls(dense), \
+                    activations.keep_less(model, cfg.lora_dtype, cfg.recompute_swiglu):
                 return summed_loss(model, *arrays)
 
         def eval_loss(*arrays):

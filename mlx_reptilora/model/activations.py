@@ -1,0 +1,63 @@
+"""What a training step keeps for its backward pass: two choices, both off by default, that issue
+#18's measurements priced (benchmarks/RESULTS.md, "GPU speed and memory").
+
+- The LoRA branch in the base's dtype (`lora_dtype="base"`). mlx-lm's LoRALinear multiplies the
+  dropped input by the float32 adapters, so with a bf16 base that input is promoted and kept in
+  float32 for the backward: 1.2 GB of the Llama-2-7B step. PyTorch's autocast runs PEFT's LoRA in
+  bf16; "base" does the same: the adapters are cast to the input's dtype inside the step, and they,
+  their gradients and the optimizer's state stay float32. With a float32 base it changes nothing.
+- SwiGLU recomputed (`recompute_swiglu=True`): silu(gate) * up inside mx.checkpoint, so the backward
+  keeps gate and up and recomputes the sigmoid and the product (1.2 GB of the 7B step, no time).
+
+Both act while a step is traced (the compiled graph keeps them); generation is untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack, contextmanager
+from unittest.mock import patch
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.tuner.lora import LoRALinear
+
+from ..errors import UserError
+
+LORA_DTYPES = ("float32", "base")
+
+
+def _lora_in_input_dtype(self: LoRALinear, x: mx.array) -> mx.array:
+    """LoRALinear.__call__ with the adapters cast to x's dtype, as autocast casts PEFT's."""
+    y = self.linear(x)
+    z = (self.dropout(x) @ self.lora_a.astype(x.dtype)) @ self.lora_b.astype(x.dtype)
+    return y + (self.scale * z).astype(x.dtype)
+
+
+def _swiglu_module(model: nn.Module):
+    """The mlx-lm module whose MLP calls `swiglu` (llama and its kin), or None."""
+    module = sys.modules.get(type(model).__module__)
+    return module if callable(getattr(module, "swiglu", None)) else None
+
+
+def check(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool = False) -> None:
+    """One line, before any work, when a choice does not apply to this model."""
+    if lora_dtype not in LORA_DTYPES:
+        raise UserError(f"--lora-dtype {lora_dtype!r}: choose one of {', '.join(LORA_DTYPES)}")
+    if recompute_swiglu and _swiglu_module(model) is None:
+        raise UserError(f"--recompute-swiglu: {type(model).__module__} has no swiglu MLP to recompute "
+                        f"(mlx-lm's llama family has)")
+
+
+@contextmanager
+def keep_less(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool = False):
+    """While a step is traced, the chosen parts keep less for the backward (see the module's text)."""
+    check(model, lora_dtype, recompute_swiglu)
+    with ExitStack() as stack:
+        if lora_dtype == "base":
+            stack.enter_context(patch.object(LoRALinear, "__call__", _lora_in_input_dtype))
+        if recompute_swiglu:
+            module = _swiglu_module(model)
+            stack.enter_context(patch.object(module, "swiglu", mx.checkpoint(module.swiglu)))
+        yield
+

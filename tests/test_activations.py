@@ -1,0 +1,58 @@
+"""What a training step keeps for its backward (model/activations.py): the two choices change memory,
+not the step's arithmetic beyond the LoRA branch's dtype, and refuse models they do not apply to."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_reptilora.data import prompts, tasks
+from mlx_reptilora.errors import UserError
+from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
+from mlx_reptilora.model import activations, adapters, models
+
+
+def adapted(tiny_dir, dtype=None, dropout=0.0, **cfg):
+    base = models.load(str(tiny_dir), dtype=dtype, verbose=False)
+    adapters.attach(base.model, adapters.LoraConfig(rank=4, dropout=dropout))
+    fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
+    exs = prompts.tokenize(fmt, base.tokenizer, tasks.load("pydoc").splits["train"][:4], 128)
+    mx.random.seed(0)
+    inner = InnerLoop(base.model, InnerConfig(steps=2, micro_batch=2, **cfg), [64, 128])
+    return inner.adapt(exs), inner.weights()
+
+
+@pytest.mark.parametrize("choice", [{"recompute_swiglu": True}, {"lora_dtype": "base"}])
+def test_on_a_float32_base_the_step_is_unchanged(tiny_dir, choice):
+    """SwiGLU recomputed gives the step it replaces; the LoRA branch in a float32 base's dtype is the
+    float32 branch. With dropout on: the masks are drawn as before."""
+    (ref_losses, ref), (losses, got) = adapted(tiny_dir, dropout=0.1), adapted(tiny_dir, dropout=0.1, **choice)
+    assert np.allclose(ref_losses, losses, rtol=1e-5)
+    for k in ref:
+        assert mx.allclose(ref[k], got[k], atol=1e-6), k
+
+
+def test_lora_in_a_bf16_base_dtype_trains_float32_adapters_close_to_the_float32_branch(tiny_dir):
+    """As PyTorch's autocast: the branch computes in bf16, the adapters, gradients and AdamW stay
+    float32, and the step lands near the float32 branch's (bf16 rounding of the branch only). SGD, so the
+    update is the gradient itself: Adam's first steps are its signs, which rounding flips where it is ~0."""
+    (ref_losses, ref), (losses, got) = (adapted(tiny_dir, dtype="bfloat16", lora_dtype=d, optimizer="sgd", lr=0.1)
+                                        for d in ("float32", "base"))
+    assert all(v.dtype == mx.float32 for v in got.values())
+    assert np.allclose(ref_losses, losses, rtol=2e-2)
+    assert any(not mx.array_equal(ref[k], got[k]).item() for k in ref)  # the branch did run in bf16
+    moved = {k for k in ref if k.endswith("lora_b")}
+    assert all(mx.abs(got[k]).max().item() > 0 for k in moved)  # the float32 B moved off zero
+    for k in moved:
+        assert mx.abs(got[k] - ref[k]).max().item() <= 0.05 * mx.abs(ref[k]).max().item(), k
+
+
+def test_choices_that_do_not_apply_are_one_line_errors():
+    from mlx_lm.models import gpt2
+
+    model = gpt2.Model(gpt2.ModelArgs(model_type="gpt2", n_ctx=64, n_embd=32, n_head=2, n_layer=1,
+                                      n_positions=64, layer_norm_epsilon=1e-5, vocab_size=64))
+    with pytest.raises(UserError, match="--recompute-swiglu: mlx_lm.models.gpt2 has no swiglu"):
+        activations.check(model, recompute_swiglu=True)
+    with pytest.raises(UserError, match="--lora-dtype 'float16': choose one of float32, base"):
+        activations.check(model, lora_dtype="float16")
+    activations.check(model)  # the defaults apply to every model
