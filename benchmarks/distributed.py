@@ -82,6 +82,8 @@ def random_model(shape: str, folder: Path, tokenizer_from: str | None) -> Path:
     mx.save_safetensors(str(part), weights)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     os.replace(part, folder / "model.safetensors")
+    del weights
+    mx.clear_cache()  # 13.5 GB at 7B that MLX would otherwise keep cached while the ranks run
     return folder
 
 
