@@ -70,8 +70,9 @@ def rank_pid(rank: int, out: Path) -> int | None:
 
 
 def test_a_killed_rank_stops_every_rank_then_resume_completes(tiny_dir, tmp_path):
+    episodes = 8  # the kill lands after episode 2: six more (~1 s each) keep the run from ending first
     out = tmp_path / "run"
-    p = launch(args(tiny_dir, out, episodes=20))
+    p = launch(args(tiny_dir, out, episodes=episodes))
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "metrics.jsonl").exists()
                                           and (out / "metrics.jsonl").read_text().count("\n") >= 2):
@@ -88,14 +89,14 @@ def test_a_killed_rank_stops_every_rank_then_resume_completes(tiny_dir, tmp_path
     assert "Traceback" not in err
     assert not (out / "adapters.safetensors").exists()
 
-    p = launch(args(tiny_dir, out, episodes=20) + ["--resume"])
+    p = launch(args(tiny_dir, out, episodes=episodes) + ["--resume"])
     _, err = p.communicate(timeout=600)
     assert "resuming" in err and (out / "adapters.safetensors").exists(), err
     rows = [json.loads(line)["episode"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows == list(range(20))
+    assert rows == list(range(episodes))
     # and it ends where an uninterrupted run ends (one process: the same, as the test above shows)
     straight = subprocess.run([sys.executable, "-m", "mlx_reptilora", *args(tiny_dir, tmp_path / "straight",
-                                                                              episodes=20), "-q"])
+                                                                              episodes=episodes), "-q"])
     assert straight.returncode == 0 and same(out, tmp_path / "straight")
 
 
