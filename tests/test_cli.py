@@ -55,3 +55,11 @@ def test_tasks_lists_offline_tasks_with_stats(bundled_dir):
     row = next(line for line in r.stdout.splitlines() if line.startswith("aclsum-title"))
     assert row.split()[1:5] == ["aclsum", "100", "50", "100"]
     assert "pydoc" in r.stdout and "xsum" in r.stdout
+
+
+def test_the_cli_imports_without_mlx_lm():
+    """mlx-lm takes ~2 s to import: the CLI's help and one-line errors come before it (a top-level
+    import of it once made every command, even a bad flag, 2 s slower)."""
+    code = "import sys, mlx_reptilora.cli; assert 'mlx_lm' not in sys.modules, sorted(m for m in sys.modules if 'mlx_lm' in m)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1000:]

@@ -20,14 +20,13 @@ from unittest.mock import patch
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.tuner.lora import LoRALinear
 
 from ..errors import UserError
 
 LORA_DTYPES = ("float32", "base")
 
 
-def _lora_in_input_dtype(self: LoRALinear, x: mx.array) -> mx.array:
+def _lora_in_input_dtype(self, x: mx.array) -> mx.array:
     """LoRALinear.__call__ with the adapters cast to x's dtype, as autocast casts PEFT's."""
     y = self.linear(x)
     z = (self.dropout(x) @ self.lora_a.astype(x.dtype)) @ self.lora_b.astype(x.dtype)
@@ -55,6 +54,8 @@ def keep_less(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: b
     check(model, lora_dtype, recompute_swiglu)
     with ExitStack() as stack:
         if lora_dtype == "base":
+            from mlx_lm.tuner.lora import LoRALinear  # here: mlx-lm takes ~2 s to import, the CLI's errors must not
+
             stack.enter_context(patch.object(LoRALinear, "__call__", _lora_in_input_dtype))
         if recompute_swiglu:
             module = _swiglu_module(model)
