@@ -51,8 +51,9 @@ def launcher() -> list[str]:
 
 def random_model(shape: str, folder: Path, tokenizer_from: str | None) -> Path:
     """A model folder of a runner geometry with random weights (float16, N(0, 0.02)) and the bundled
-    tokenizer. Weights come from numpy, not MLX: 6.7 B numbers in seconds, and no GPU memory is
-    held by this process while the ranks run."""
+    tokenizer. Weights are drawn by numpy (no MLX graph of 6.7 B random numbers), handed to MLX only
+    to be saved, and MLX's cache is emptied after, so this process holds no GPU memory while the
+    ranks run."""
     import mlx.core as mx
     import numpy as np
     from mlx.utils import tree_flatten

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from unittest.mock import patch
 
@@ -93,10 +93,8 @@ class StepOptions:
 
     def inner_config(self, steps: int, lr: float, optimizer: str, **over) -> InnerConfig:
         """The inner loop these options describe, taking steps, lr and optimizer from a recipe."""
-        return InnerConfig(**{"steps": steps, "lr": lr, "optimizer": optimizer, "weight_decay": self.weight_decay,
-                              "grad_clip": self.grad_clip, "micro_batch": self.micro_batch,
-                              "grad_checkpoint": self.grad_checkpoint, "quantized_matmul": self.quantized_matmul,
-                              "lora_dtype": self.lora_dtype, "recompute_swiglu": self.recompute_swiglu, **over})
+        return InnerConfig(**{"steps": steps, "lr": lr, "optimizer": optimizer,
+                              **{f.name: getattr(self, f.name) for f in fields(StepOptions)}, **over})
 
 
 @dataclass

@@ -5,7 +5,7 @@
 # process, for Reptile and FOMAML, and each N-process run's adapters against the 1-process run's.
 # Process counts are 1, 2, 4, 8 up to the GPUs the machine has. Writes JSON, markdown, logs under $OUT.
 #   bash scripts/device/distributed_gpu.sh smollm2-135m
-#   bash scripts/device/distributed_gpu.sh llama2-7b      # random weights, written once to /tmp/dist
+#   bash scripts/device/distributed_gpu.sh llama2-7b      # random weights, written once to /tmp/dist-llama2-7b
 # Both in one lease (~10-15 min): bash scripts/device/detached.sh start bash scripts/device/distributed_gpu.sh all
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
