@@ -10,7 +10,6 @@ import sys
 from typing import Optional
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click
 
 from .errors import UserError
 
@@ -23,27 +22,38 @@ MODEL_HELP = "HF repo id, local model folder or .gguf file; default: the bundled
 @app.command()
 def info(model: Optional[str] = typer.Option(None, help=MODEL_HELP),
          dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (default: by device)"),
-         quantize: Optional[int] = typer.Option(None, help="quantize the frozen base to N bits (QLoRA)")):
-    """Print the resolved base model, backend device, compute dtype and BLAS in use."""
+         quantize: Optional[int] = typer.Option(None, help="quantize the frozen base to N bits (QLoRA)"),
+         path: bool = typer.Option(False, "--path", help="print only the base model's local folder (what "
+                                                         "mlx_lm.generate --model and transformers load)")):
+    """Print the resolved base model (its local folder), backend device, compute dtype and BLAS in use."""
     from .model import backend, models
 
+    if path:
+        typer.echo(str(models.resolve(model)))
+        return
     base = models.load(model, dtype=dtype, quantize_bits=quantize)
     for k, v in {**backend.describe(), **models.describe(base)}.items():
         typer.echo(f"{k:>14}: {v}")
 
 
 @app.command("export-peft")
-def export_peft(adapters: str = typer.Argument(..., help="folder with mlx-lm adapters"),
+def export_peft(adapters: str = typer.Argument(..., help="folder with mlx-lm adapters (ours or mlx_lm.lora's)"),
                 out: str = typer.Argument(..., help="output folder for PEFT's format"),
-                base_model: Optional[str] = typer.Option(None, help="base_model_name_or_path to record")):
-    """Convert mlx-lm adapters to PEFT's format (adapter_model.safetensors + adapter_config.json); a
-    start's adaptation recipe and learned learning rates go along."""
+                base_model: Optional[str] = typer.Option(None, help="base_model_name_or_path to record (default: the "
+                                                                    "base the adapters record)")):
+    """Convert mlx-lm adapters to PEFT's format (adapter_model.safetensors + adapter_config.json): every
+    LoRA tensor, or one line of refusal. A start's adaptation recipe and learned learning rates go along."""
     import shutil
 
     from .meta import recipe
-    from .model import adapters as ad
+    from .model import adapters as ad, hub
 
-    folder = ad.to_peft(adapters, out, base_model)
+    base = base_model or hub.base_of(adapters)
+    if base is None:
+        ad.read_config(adapters)  # not adapters at all: that is the one line to say
+        raise UserError(f"{adapters} does not record its base model, which PEFT's AutoPeftModel needs: pass "
+                        f"--base-model HUB_ID_OR_FOLDER")
+    folder = ad.to_peft(adapters, out, base)
     for name in (recipe.RECIPE, recipe.LEARNED):
         if (Path(adapters) / name).exists():
             shutil.copy2(Path(adapters) / name, folder / name)
@@ -127,11 +137,12 @@ def _command(name: str, cls, run, doc: str) -> None:
     for f in options.fields(cls):
         kind, is_list, _ = options.value_type(cls, f.name)
         meta = f.metadata
-        decls = [meta["flag"] or options.flag_name(f.name)] + ([meta["short"]] if meta["short"] else [])
+        decls = [meta["flag"] or options.flag_name(f.name), *meta["aliases"]] + ([meta["short"]] if meta["short"] else [])
         named = meta["choices"] and all(str(c) in meta["help"] for c in meta["choices"])
         text = meta["help"] + (f": {' | '.join(map(str, meta['choices']))}" if meta["choices"] and not named else "")
         # parentheses, not brackets: typer's rich help would read "[reptile]" as markup and drop it
         text += " (required)" if meta["required"] else f" (default: {options.default_text(f)})"
+        text += f" (also {', '.join(meta['aliases'])}, as in mlx-lm)" if meta["aliases"] else ""
         # Values arrive as text and are parsed by options.coerce, as YAML values are: the same
         # one-line error for "--episodes 2.5" and "episodes: 2.5".
         metavar = "A,B,..." if is_list else {int: "INT", float: "NUMBER", str: "TEXT"}.get(kind)
@@ -196,22 +207,33 @@ def _stopped() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    """The CLI: its exit status, with errors said in one line on stderr. Also callable in-process
+    (the tests do); the SIGTERM handler it installs is put back on return."""
+    global _terminated
+    _terminated = False
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     from .model import backend
 
     try:
         backend.apply_limits()
-        code = app(args=argv, standalone_mode=False)  # errors come here, to be said in one line
+        # errors come here, to be said in one line; no command at all is a request for the help
+        code = app(args=argv or ["--help"], standalone_mode=False)
         if code == 130:  # every command, generated or written here: typer's exit for KeyboardInterrupt
             return _stopped()
         return code if isinstance(code, int) else 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NoArgsIsHelpError:
-        return 0  # the help was printed
-    except UsageError as e:  # an unknown flag, a missing value: click's, in one line
-        where = e.ctx.command_path if e.ctx is not None else "mlx-reptilora"
+    except typer.TyperException as e:  # click's (typer's own): an unknown flag, a missing value, in one line
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "mlx-reptilora"
         print(f"error: {e.format_message()} (see {where} --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # one that arrives outside typer's own handling

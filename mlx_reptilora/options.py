@@ -25,13 +25,14 @@ PACKAGED = Path(__file__).parent / "configs"
 def option(default=None, help: str = "", *, flag: str | None = None, short: str | None = None,
            choices: tuple | None = None, min: float | None = None, max: float | None = None,
            gt: float | None = None, lt: float | None = None, required: bool = False,
-           default_text: str | None = None):
+           default_text: str | None = None, aliases: tuple[str, ...] = ()):
     """A config field: `default` (lists are copied per instance), one-line `help`, and its valid
     values: `choices`, or bounds `min`/`max` (inclusive) and `gt`/`lt` (exclusive). Floats must be
     finite. `flag` overrides the flag spelling (e.g. "--reset-optimizer/--carry-optimizer");
-    `default_text` says what a None default means."""
+    `default_text` says what a None default means; `aliases` are other spellings of the flag (and
+    YAML key) that mean the same, mlx-lm's where ours differ."""
     meta = {"help": help, "flag": flag, "short": short, "choices": choices, "min": min, "max": max,
-            "gt": gt, "lt": lt, "required": required, "default_text": default_text}
+            "gt": gt, "lt": lt, "required": required, "default_text": default_text, "aliases": tuple(aliases)}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -162,13 +163,39 @@ def read_yaml(cls, config_file: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must be a mapping of option: value")
     names = {f.name for f in fields(cls)}
+    aliases = {a[2:].replace("-", "_"): f.name for f in fields(cls) for a in f.metadata.get("aliases", ())}
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        if name == "lora_parameters" and "rank" in names:
+            values.update(lora_parameters(cls, value, raw, path))
+            continue
+        name = aliases.get(name, name)
         if name not in names:
             raise UserError(f"config file {path}: unknown option {key!r}")
+        if name in values:
+            raise UserError(f"config file {path}: {key!r} and another spelling of it are both given")
         values[name] = value
     return values
+
+
+LORA_PARAMETERS = {"rank": "rank", "scale": "alpha", "dropout": "dropout", "keys": "lora_keys"}
+
+
+def lora_parameters(cls, block, raw: dict, path) -> dict:
+    """mlx-lm's YAML `lora_parameters: {rank, scale, dropout, keys}` as our options. mlx-lm's scale is
+    the multiplier itself, so alpha = scale x rank."""
+    if not isinstance(block, dict) or set(map(str, block)) - set(LORA_PARAMETERS):
+        raise UserError(f"config file {path}: lora_parameters takes {', '.join(LORA_PARAMETERS)} (mlx-lm's keys)")
+    given = {str(k).replace("-", "_") for k in raw}
+    both = [LORA_PARAMETERS[k] for k in block if LORA_PARAMETERS[k] in given]
+    if both:
+        raise UserError(f"config file {path}: {both[0]!r} is given both at the top and in lora_parameters")
+    out = {LORA_PARAMETERS[k]: v for k, v in block.items() if k != "scale"}
+    if "scale" in block:
+        rank = out.get("rank", raw.get("rank", next(f.default for f in fields(cls) if f.name == "rank")))
+        out["alpha"] = coerce(cls, "alpha", block["scale"]) * coerce(cls, "rank", rank)
+    return out
 
 
 def build(cls, config_file: str | Path | None = None, **flags):

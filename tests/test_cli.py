@@ -1,60 +1,75 @@
-"""The CLI as a user runs it: a real process, one-line errors, no tracebacks."""
+"""The CLI as a user meets it: one-line errors, no tracebacks. In this process (`cli.main`), except
+where a real process is the point."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *args], capture_output=True, text=True, env=env)
+from mlx_reptilora import cli
 
 
-def test_help_lists_commands():
-    r = run("--help")
-    assert r.returncode == 0
-    for cmd in ("meta-train", "adapt", "evaluate", "info"):
-        assert cmd in r.stdout
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_info_reports_model_backend_dtype_blas(tiny_dir):
-    r = run("info", "--model", str(tiny_dir))
-    assert r.returncode == 0, r.stderr
-    for key in ("backend: cpu", "compute_dtype: float32", "blas:", "architecture: llama", "layers: 2"):
-        assert key in r.stdout
+def test_help_lists_commands(capsys):
+    for argv in (["--help"], []):  # no command at all is a request for the help
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        for cmd in ("meta-train", "adapt", "evaluate", "info"):
+            assert cmd in out
+
+
+def test_info_reports_model_backend_dtype_blas(tiny_dir, capsys):
+    code, out, err = run(capsys, "info", "--model", tiny_dir)
+    assert code == 0, err
+    for key in ("backend: cpu", "compute_dtype: float32", "blas:", "architecture: llama", "layers: 2",
+                f"path: {tiny_dir}"):
+        assert key in out
+    code, out, err = run(capsys, "info", "--path")  # the bundled model's converted folder, for mlx_lm.generate
+    assert code == 0 and (Path(out.strip()) / "config.json").exists(), err
 
 
 @pytest.mark.parametrize("model,message", [
     ("/no/such/model", "no such file or folder"),
     ("meta-llama/Llama-2-7b-hf", "Hugging Face hub"),
 ])
-def test_bad_model_is_one_line(model, message):
-    r = run("info", "--model", model)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
+def test_bad_model_is_one_line(model, message, capsys):
+    code, _, err = run(capsys, "info", "--model", model)
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in err
 
 
-def test_peft_commands_round_trip(tiny, tmp_path):
+def test_peft_commands_round_trip(tiny, tmp_path, capsys):
     from mlx_reptilora.model import adapters
 
     cfg = adapters.LoraConfig(rank=4)
     adapters.attach(tiny.model, cfg)
     adapters.save(tiny.model, cfg, tmp_path / "a")
-    assert run("export-peft", str(tmp_path / "a"), str(tmp_path / "p")).returncode == 0
-    assert run("import-peft", str(tmp_path / "p"), str(tmp_path / "b")).returncode == 0
+    assert run(capsys, "export-peft", tmp_path / "a", tmp_path / "p", "--base-model", "me/base")[0] == 0
+    assert run(capsys, "import-peft", tmp_path / "p", tmp_path / "b")[0] == 0
     assert (tmp_path / "b" / "adapters.safetensors").exists()
-    r = run("import-peft", str(tmp_path / "a"), str(tmp_path / "c"))  # not PEFT
-    assert r.returncode == 2 and "PEFT" in r.stderr and "Traceback" not in r.stderr
+    code, _, err = run(capsys, "import-peft", tmp_path / "a", tmp_path / "c")  # not PEFT
+    assert code == 2 and "PEFT" in err and "Traceback" not in err
 
 
-def test_tasks_lists_offline_tasks_with_stats(bundled_dir):
-    r = run("tasks")
-    assert r.returncode == 0, r.stderr
-    row = next(line for line in r.stdout.splitlines() if line.startswith("aclsum-title"))
+def test_tasks_lists_offline_tasks_with_stats(bundled_dir, capsys):
+    code, out, err = run(capsys, "tasks")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("aclsum-title"))
     assert row.split()[1:5] == ["aclsum", "100", "50", "100"]
-    assert "pydoc" in r.stdout and "xsum" in r.stdout
+    assert "pydoc" in out and "xsum" in out
+
+
+def test_a_real_process_says_errors_in_one_line_and_exits_2():
+    r = subprocess.run([sys.executable, "-m", "mlx_reptilora", "adapt", "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: No such option: --bogus") and "Traceback" not in r.stderr
 
 
 def test_the_cli_imports_without_mlx_lm():
