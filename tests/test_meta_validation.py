@@ -2,27 +2,36 @@
 its recipe every --valid-every episodes, the best θ is kept with its best setting as the start's
 recipe, adapt uses that recipe, and a resumed run ends bit-identical to an uninterrupted one."""
 
+import io
 import json
-import subprocess
-import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import mlx.core as mx
 import pytest
 
+from mlx_reptilora.cli import main
 from mlx_reptilora.meta import checkpoint, train
 
-ROOT = Path(__file__).resolve().parents[1]
-# a tiny run: ACLSum titles for training, Python names (another group) for validation
+# a tiny run on the tiny random-weight model: ACLSum titles for training, Python names (another group)
+# for validation
 ARGS = ["--tasks", "aclsum-title", "--valid-tasks", "pydoc-name", "--support", "2", "--query", "2",
-        "--inner-steps", "1", "--max-length", "64", "--valid-every", "2", "--valid-shots", "1",
-        "--valid-steps", "1,2", "--valid-lr-scales", "1", "--valid-limit", "2", "--eval-every", "0",
+        "--inner-steps", "1", "--max-length", "64", "--valid-every", "2", "--valid-shots", "1,2",
+        "--valid-lr-scales", "1", "--valid-limit", "2", "--eval-every", "0",
         "--checkpoint-every", "1", "--keep-checkpoints", "5", "-q"]
 
 
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return ["--model", str(tiny_dir)]
+
+
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
+    """The CLI in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
 
 
 def valid_records(out: Path) -> list[dict]:
@@ -31,10 +40,10 @@ def valid_records(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, model):
     out = tmp_path_factory.mktemp("valid") / "run"
-    r = cli("meta-train", *ARGS, "--episodes", "4", "--out", out)
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("meta-train", *model, *ARGS, "--episodes", "4", "--out", out)
+    assert code == 0, err
     return out
 
 
@@ -42,48 +51,86 @@ def test_validation_is_logged_and_the_best_theta_and_setting_are_kept(run):
     recs = valid_records(run)
     assert [r["episode"] for r in recs] == [1, 3]  # after episodes 2 and 4
     for r in recs:
-        assert set(r["valid"]) == {"pydoc-name"} and set(r["valid"]["pydoc-name"]) == {"1"}
-        points = r["valid"]["pydoc-name"]["1"]
-        assert set(points) == {"1 steps, lr 0.0005", "2 steps, lr 0.0005"}  # the recipe and its 2x steps
-        assert all(set(p) == {"loss", "rougeL"} for p in points.values())
+        assert set(r["valid"]) == {"pydoc-name"} and set(r["valid"]["pydoc-name"]) == {"1", "2"}
+        one, two = r["valid"]["pydoc-name"]["1"], r["valid"]["pydoc-name"]["2"]
+        # the start as it is (scored once: it is the same at every count), the recipe and its 2x steps
+        assert set(one) == set(two) == {"0 steps", "1 steps, lr 0.0005", "2 steps, lr 0.0005"}
+        assert one["0 steps"] == two["0 steps"] and one["1 steps, lr 0.0005"] != two["1 steps, lr 0.0005"]
+        assert all(set(p) == {"loss", "rougeL"} for p in one.values())
+        for k, chosen in r["recipe"]["by_shots"].items():  # the guard: never below not adapting
+            assert chosen["shots"] == int(k)
+            assert r["means"][k][key(chosen)] >= r["means"][k]["0 steps"]
     best = max(recs, key=lambda r: (r["score"], -r["loss"]))
     assert [r["best"] for r in recs] == [True, best is recs[1]]
     config = json.loads((run / "adapter_config.json").read_text())
     assert config["selected_episode"] == best["episode"] + 1
     recipe = json.loads((run / "recipe.json").read_text())
     assert recipe["chosen_by"].startswith(f"meta-validation at episode {best['episode'] + 1} on pydoc-name")
-    assert recipe["steps"] == best["recipe"]["steps"]
+    assert recipe["steps"] == best["recipe"]["steps"] and recipe["by_shots"] == best["recipe"]["by_shots"]
     # the start is the kept θ: the best group of the last checkpoint
     _, groups = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     kept = mx.load(str(run / "adapters.safetensors"))
     assert all(mx.array_equal(kept[k], groups["best"][k]).item() for k in groups["best"])
 
 
-def test_adapt_uses_the_validated_recipe(run, tmp_path):
-    r = cli("adapt", "--adapters", run, "--task", "pydoc-name", "--shots", "1", "--max-length", "64",
-            "--out", tmp_path / "a")
-    assert r.returncode == 0, r.stderr
-    assert "(meta-validation at episode" in r.stdout
+def key(recipe: dict) -> str:
+    return "0 steps" if recipe["steps"] == 0 else f"{recipe['steps']} steps, lr {recipe['lr']:g}"
 
 
-def test_resume_is_bit_identical_with_validation(run, tmp_path):
+def test_adapt_uses_the_recipe_of_the_nearest_validated_shot_count(run, model, tmp_path):
+    by_shots = json.loads((run / "recipe.json").read_text())["by_shots"]
+    for shots, validated in ((1, 1), (2, 2), (4, 2)):
+        code, out, err = cli("adapt", *model, "--adapters", run, "--task", "pydoc-name", "--shots", shots,
+                             "--max-length", "64", "--out", tmp_path / f"a{shots}")
+        assert code == 0, err
+        assert "(meta-validation at episode" in out and f"({validated} shots)" in out, out
+        assert ("the nearest validated count" in out) == (shots != validated)
+        adapted = json.loads((tmp_path / f"a{shots}" / "adapter_config.json").read_text())
+        assert adapted["steps"] == by_shots[str(validated)]["steps"]
+
+
+def test_the_nearest_count_and_its_ties():
+    from mlx_reptilora.meta.recipe import nearest
+
+    assert [nearest([1, 5], k) for k in (1, 2, 3, 4, 5, 20)] == [1, 1, 1, 5, 5, 5]  # 3: a tie, the smaller
+
+
+def test_a_shot_count_where_adapting_scores_lower_keeps_the_start_as_it_is():
+    from mlx_reptilora.evaluation.validate import choose, grid, key as point
+    from mlx_reptilora.meta.recipe import Recipe
+
+    start = Recipe("reptile", "adamw", 7, 5e-4)
+    cfg = train.MetaTrainConfig(valid_lr_scales=[1.0])
+    points = {point(r): r for r in grid(cfg, start)}
+    assert list(points) == ["0 steps", "7 steps, lr 0.0005", "14 steps, lr 0.0005"]
+    scores = {1: {"0 steps": 30.2, "7 steps, lr 0.0005": 24.9, "14 steps, lr 0.0005": 22.0},  # adapting hurts at 1
+              5: {"0 steps": 27.5, "7 steps, lr 0.0005": 29.6, "14 steps, lr 0.0005": 29.0}}
+    results = {t: {k: {p: {"rougeL": v + d, "loss": 1.0} for p, v in s.items()} for k, s in scores.items()}
+               for t, d in (("a", 1.0), ("b", -1.0))}
+    chosen = choose(results, points, [1, 5], "episode 50")
+    assert chosen["recipe"]["by_shots"]["1"]["steps"] == 0 and chosen["recipe"]["by_shots"]["5"]["steps"] == 7
+    assert "adapting scored lower than the start as it is" in chosen["recipe"]["by_shots"]["1"]["chosen_by"]
+    assert chosen["score"] == pytest.approx((30.2 + 29.6) / 2) and chosen["means"]["1"]["0 steps"] == 30.2
+
+
+def test_resume_is_bit_identical_with_validation(run, model, tmp_path):
     out = tmp_path / "resumed"
-    r = cli("meta-train", *ARGS, "--episodes", "2", "--out", out)
-    assert r.returncode == 0, r.stderr
-    r = cli("meta-train", *ARGS, "--episodes", "4", "--out", out, "--resume")
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("meta-train", *model, *ARGS, "--episodes", "2", "--out", out)
+    assert code == 0, err
+    code, _, err = cli("meta-train", *model, *ARGS, "--episodes", "4", "--out", out, "--resume")
+    assert code == 0, err
     assert (out / "adapters.safetensors").read_bytes() == (run / "adapters.safetensors").read_bytes()
     assert (out / "recipe.json").read_text() == (run / "recipe.json").read_text()
     assert valid_records(out) == valid_records(run)
 
 
-def test_validation_leaves_meta_training_unchanged(run, tmp_path):
+def test_validation_leaves_meta_training_unchanged(run, model, tmp_path):
     """The same run without --valid-tasks ends at the same θ (validation adapts copies, on its own
     inner loops, and every task of training reseeds its RNG)."""
     plain = [a for i, a in enumerate(ARGS) if not (a.startswith("--valid") or (i and ARGS[i - 1].startswith("--valid")))]
     out = tmp_path / "plain"
-    r = cli("meta-train", *plain, "--episodes", "4", "--out", out)
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("meta-train", *model, *plain, "--episodes", "4", "--out", out)
+    assert code == 0, err
     _, with_validation = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     _, without = checkpoint.load(checkpoint.latest(out / "checkpoints"))
     assert all(mx.array_equal(with_validation["theta"][k], without["theta"][k]).item() for k in without["theta"])
@@ -96,8 +143,8 @@ def test_validation_leaves_meta_training_unchanged(run, tmp_path):
     (["--tasks", "pydoc", "--valid-tasks", "aclsum-title", "--valid-shots", "500"], "--valid-shots 500"),
 ])
 def test_bad_validation_settings_are_one_line(args, message, tmp_path):
-    r = cli("meta-train", *args, "--episodes", "1", "--out", tmp_path / "x")
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    code, _, err = cli("meta-train", *args, "--episodes", "1", "--out", tmp_path / "x")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
 
 

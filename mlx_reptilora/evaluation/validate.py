@@ -1,8 +1,10 @@
 """Meta-validation: every --valid-every episodes, the current θ is adapted on k shots of each
 --valid-tasks task (never trained on) with the start's recipe and a small grid around it (steps x
-learning-rate scale), and scored on the task's valid split: query loss and ROUGE-L of greedy
-summaries. meta-train keeps the θ whose best grid point scores highest (early stopping) and writes
-that grid point into the start's recipe, so `adapt` uses what held-out tasks chose.
+learning-rate scale, and 0 steps: the start as it is), and scored on the task's valid split: query
+loss and ROUGE-L of greedy summaries. For each shot count the best grid point becomes that count's
+recipe, so a start whose adaptation at k shots scores below no adaptation at all is adapted with 0
+steps at k. meta-train keeps the θ whose per-count best points score highest on average (early
+stopping) and writes their recipes into the start, so `adapt` uses what held-out tasks chose.
 
 Validation lives here, above the meta layer, because it generates and scores; meta/train.py takes
 it as an injected `validator` (`meta_train` below is the CLI's meta-train).
@@ -26,9 +28,10 @@ from .adapt import adapt_with
 
 
 def grid(cfg: train.MetaTrainConfig, start: recipes.Recipe) -> list[recipes.Recipe]:
-    """The start's recipe and its neighbours: each steps multiple x each learning-rate scale."""
-    out = []
-    for mult in cfg.valid_steps:
+    """The start's recipe and its neighbours: each steps multiple x each learning-rate scale; a
+    multiple of 0 is one point, the start un-adapted."""
+    out = [replace(start, steps=0, auto=False)] if 0 in cfg.valid_steps else []
+    for mult in (m for m in cfg.valid_steps if m > 0):
         for scale in cfg.valid_lr_scales:
             steps = max(1, int(round(mult * start.steps)))
             out.append(replace(start, steps=steps, lr=start.lr * (1 if start.learned_lr else scale),
@@ -37,6 +40,8 @@ def grid(cfg: train.MetaTrainConfig, start: recipes.Recipe) -> list[recipes.Reci
 
 
 def key(r: recipes.Recipe) -> str:
+    if r.steps == 0:
+        return "0 steps"
     lr = f"rates x{r.scale:g}" if r.learned_lr else f"lr {r.lr:g}"
     return f"{r.steps} steps, {lr}"
 
@@ -74,32 +79,56 @@ class Validator:
         return self.loops[k]
 
     def __call__(self, theta: dict, start: recipes.Recipe, episode: int) -> dict:
-        """{"episode", "valid": {task: {k: {grid point: {loss, rougeL}}}}, "score", "loss", "recipe"}:
-        the score is the best grid point's ROUGE-L averaged over tasks and shot counts (ties go to
-        the lower mean query loss), its recipe the one the start would carry."""
+        """{"episode", "valid": {task: {k: {grid point: {loss, rougeL}}}}, and what `choose` makes of them}."""
         points = {key(r): r for r in grid(self.cfg, start)}
         results: dict = {}
         for name, d in self.data.items():
             results[name] = {}
+            unadapted = None  # the same for every shot count: scored once
             for k, shots in d["shots"].items():
                 results[name][k] = {}
                 for point, r in points.items():
+                    if r.steps == 0 and unadapted is not None:
+                        results[name][k][point] = unadapted
+                        continue
                     inner = self._loop(r)
                     inner.set_weights(theta)
                     adapt_with(inner, shots, r)
                     texts, _ = evaluate.generate(self.s.base, d["prompts"], d["max_new_tokens"], self.cfg.valid_batch_size)
                     rouge_l = evaluate.rouge(texts, [e.summary for e in d["valid"]])["rougeL"]["mid"]
                     results[name][k][point] = {"loss": round(inner.loss(d["tokenized"]), 4), "rougeL": round(rouge_l, 3)}
+                    if r.steps == 0:
+                        unadapted = results[name][k][point]
         self.s.inner.set_weights(theta)
-        means, losses = ({p: float(np.mean([results[n][k][p][metric] for n in results for k in results[n]]))
-                          for p in points} for metric in ("rougeL", "loss"))
-        best = max(points, key=lambda p: (means[p], -losses[p]))  # ties: the lower loss
-        chosen = replace(points[best], chosen_by=(f"meta-validation at episode {episode + 1} on "
-                                                  f"{', '.join(self.data)} ({', '.join(map(str, self.cfg.valid_shots))} "
-                                                  f"shots): mean valid ROUGE-L {means[best]:.2f}, "
-                                                  f"best of {len(points)} settings"))
-        return {"episode": episode, "valid": results, "means": {p: round(v, 3) for p, v in means.items()},
-                "score": round(means[best], 3), "loss": round(losses[best], 4), "recipe": recipes.as_dict(chosen)}
+        return {"episode": episode, "valid": results,
+                **choose(results, points, list(self.cfg.valid_shots), f"episode {episode + 1}")}
+
+
+def choose(results: dict, points: dict[str, recipes.Recipe], counts: list[int], when: str) -> dict:
+    """From validation scores ({task: {k: {point: {loss, rougeL}}}}): for each shot count the point
+    with the best ROUGE-L averaged over tasks (ties: the lower mean loss) is that count's recipe; the
+    score and loss average those best points over the counts; the top-level recipe is the best single
+    point over every count. {"means", "score", "loss", "recipe"}."""
+    def mean(metric: str, p: str, ks) -> float:
+        return float(np.mean([results[n][k][p][metric] for n in results for k in ks]))
+
+    def best(ks) -> str:
+        return max(points, key=lambda p: (mean("rougeL", p, ks), -mean("loss", p, ks)))
+
+    def chosen(p: str, ks, what: str) -> dict:
+        said = (f"meta-validation at {when} on {', '.join(results)} ({what}): mean valid ROUGE-L "
+                f"{mean('rougeL', p, ks):.2f}, best of {len(points)} settings")
+        if points[p].steps == 0:
+            said += " (adapting scored lower than the start as it is)"
+        return recipes.as_dict(replace(points[p], chosen_by=said))
+
+    per_count = {k: best([k]) for k in counts}
+    recipe = {**chosen(best(counts), counts, f"{', '.join(map(str, counts))} shots"),
+              "by_shots": {str(k): {**chosen(p, [k], f"{k} shots"), "shots": k} for k, p in per_count.items()}}
+    return {"means": {str(k): {p: round(mean("rougeL", p, [k]), 3) for p in points} for k in counts},
+            "score": round(float(np.mean([mean("rougeL", p, [k]) for k, p in per_count.items()])), 3),
+            "loss": round(float(np.mean([mean("loss", p, [k]) for k, p in per_count.items()])), 4),
+            "recipe": recipe}
 
 
 def check(cfg: train.MetaTrainConfig) -> list[tasks.Task]:

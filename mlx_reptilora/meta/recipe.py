@@ -4,6 +4,10 @@ A start folder keeps mlx-lm's two files unchanged (adapters.safetensors, adapter
 adds `recipe.json` (learner, optimizer, steps, learning rate, and how they were chosen) and, for
 learners that learn their inner learning rates, `learned_lr.safetensors`. `adapt` and `compare`
 adapt a start with its recipe unless flags say otherwise.
+
+A meta-validated start carries one recipe per validated shot count (`by_shots`); k shots are
+adapted with the recipe of the nearest validated count, the smaller one on a tie. Its top-level
+recipe (the best single setting over every count) is what a reader without a shot count gets.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Recipe:
     auto: bool = False  # choose 0 to 2 x steps by holding shots out (adapt --steps auto)
     scale: float = 1.0  # learned rates are multiplied by this (meta-validation may choose it)
     rates: dict = field(default_factory=dict, repr=False)  # the learned rates, from learned_lr.safetensors
+    shots: int | None = None  # the shot count this recipe was validated at (None: not per shot count)
 
     def rate(self, t: int):
         """Step t's learning rate: one float, or {name: scalar or array} when learned."""
@@ -45,6 +50,8 @@ class Recipe:
         lr = f"learned learning rates ({self.learned_lr})" if self.learned_lr else f"lr {self.lr:g}"
         if self.learned_lr and self.scale != 1:
             lr += f" x {self.scale:g}"
+        if self.steps == 0 and not self.auto:
+            return "0 steps: the start as it is"
         steps = f"0 to {2 * self.steps} steps, chosen on held-out shots" if self.auto else f"{self.steps} steps"
         return f"{self.optimizer}, {steps}, {lr}"
 
@@ -56,21 +63,39 @@ def write(folder: str | Path, recipe: dict, rates: dict) -> None:
     atomic_write_text(folder / RECIPE, json.dumps(recipe, indent=2))
 
 
-def read(folder: str | Path | None) -> Recipe | None:
-    """The recipe of a start folder, or None when it has none (a plain LoRA, an older start)."""
+def nearest(counts, shots: int) -> int:
+    """The validated shot count whose recipe k shots use: the nearest, the smaller on a tie."""
+    return min(counts, key=lambda c: (abs(c - shots), c))
+
+
+def read(folder: str | Path | None, shots: int | None = None) -> Recipe | None:
+    """The recipe of a start folder for `shots` shots (see the module's docstring), or None when it
+    has none (a plain LoRA, an older start)."""
     if not folder or not (Path(folder) / RECIPE).exists():
         return None
     path = Path(folder) / RECIPE
     try:
         raw = json.loads(path.read_text())
+        by_shots = {int(k): v for k, v in (raw.get("by_shots") or {}).items()}
+        if shots is not None and by_shots:
+            raw = {**by_shots[nearest(by_shots, shots)], "shots": nearest(by_shots, shots)}
         recipe = Recipe(**{k: raw[k] for k in ("learner", "optimizer", "steps", "lr")},
                         learned_lr=raw.get("learned_lr"), chosen_by=raw.get("chosen_by", "the meta-training settings"),
-                        auto=bool(raw.get("auto", False)), scale=float(raw.get("scale", 1.0)))
+                        auto=bool(raw.get("auto", False)), scale=float(raw.get("scale", 1.0)), shots=raw.get("shots"))
         if recipe.learned_lr:
             recipe.rates = mx.load(str(Path(folder) / LEARNED))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"the recipe of {folder} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
     return recipe
+
+
+def shot_counts(folder: str | Path | None) -> list[int]:
+    """The shot counts a start's recipes were validated at ([] when it has no per-count recipes)."""
+    try:
+        raw = json.loads((Path(folder) / RECIPE).read_text()) if folder else {}
+        return sorted(int(k) for k in (raw.get("by_shots") or {}))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
 
 
 def of(learner) -> Recipe:

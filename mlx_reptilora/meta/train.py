@@ -74,8 +74,11 @@ class ValidOptions:
                                         "the best θ is kept and its best adaptation setting becomes the start's "
                                         "recipe", default_text="none: no meta-validation")
     valid_every: int = option(50, "meta-validate every N episodes, and after the last", min=1)
-    valid_shots: list[int] = option([1, 5], "shot counts θ is adapted on for validation", min=1)
-    valid_steps: list[float] = option([1.0, 2.0], "validation grid: multiples of the recipe's steps", gt=0)
+    valid_shots: list[int] = option([1, 5], "shot counts θ is adapted on for validation; each gets its own recipe, "
+                                            "and adapt takes the nearest count's", min=1)
+    valid_steps: list[float] = option([0.0, 1.0, 2.0], "validation grid: multiples of the recipe's steps; 0 is "
+                                                        "the start as it is, so a shot count at which adapting "
+                                                        "scores lower is adapted with 0 steps", min=0)
     valid_lr_scales: list[float] = option([1.0, 0.3], "validation grid: multiples of the recipe's learning "
                                                       "rate (or learned rates)", gt=0)
     valid_limit: int = option(32, "valid-split examples scored per validation task", min=1)
@@ -85,7 +88,8 @@ class ValidOptions:
 @dataclass
 class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, OuterOptions, ReptileOptions,
                       StepOptions, EpisodeOptions, ValidOptions):
-    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16)
+    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16,
+                             aliases=("--max-seq-length",))
     train_cap: int = option(1000, "use at most this many training examples per task", min=1)
     seed: int = option(0, "seed of the episodes, dropout and the standard start", min=0)
     eval_every: int = option(10, "monitor the query loss before/after adaptation every N episodes; 0 = never",
@@ -399,8 +403,9 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, valida
             "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
             "base_model": s.base.name, "base_model_id": hub.base_id(s.base.name, s.base.path), "seed": cfg.seed})
         if best:
+            per_count = "; ".join(f"{k} shot(s): {recipe.read(out, k).describe()}" for k in recipe.shot_counts(out))
             progress.log(f"kept θ after episode {best['episode'] + 1} (mean valid ROUGE-L {best['score']:.2f}); "
-                         f"recipe: {recipe.read(out).describe()}")
+                         f"recipes: {per_count}")
         progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
 
@@ -415,8 +420,9 @@ def meta_validate(check, theta: dict, s: Setup, episode: int, progress: Progress
         s.best = {"score": record["score"], "loss": record["loss"], "episode": episode, "recipe": record["recipe"],
                   "theta": dict(theta), "rates": dict(s.learner.learned())}
     record.update(best=improved, valid_seconds=round(time.perf_counter() - t0, 1))
-    progress.log(f"validation after episode {episode + 1}: mean ROUGE-L {record['score']:.2f} with "
-                 f"{record['recipe']['steps']} steps" + (" (new best)" if improved else
+    steps = ", ".join(f"{r['steps']} at {k}" for k, r in record["recipe"]["by_shots"].items())
+    progress.log(f"validation after episode {episode + 1}: mean ROUGE-L {record['score']:.2f} with steps {steps} "
+                 f"shot(s)" + (" (new best)" if improved else
                  f"; the best stays episode {s.best['episode'] + 1} ({s.best['score']:.2f})")
                  + f", {record['valid_seconds']} s")
     return record
