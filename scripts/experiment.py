@@ -328,7 +328,7 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
         for label, (learner, folder, over) in tested(plan, learners(plan, args)).items():
             start, dest = out / "meta" / learner / fold, out / "test" / folder / fold
             if finished(start) and not (dest / "results.json").exists():
-                jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", "reptilora",
+                jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", "meta",
                                                      "--tasks", held, "--out", dest, *_common(plan, args),
                                                      *_flags(over)), dest.with_suffix(".log")))
         start = _any_start(plan, out, fold)

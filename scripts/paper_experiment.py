@@ -42,6 +42,7 @@ ADAPT_STEPS = [7, 21]
 # The probes of the why stage: meta-training with the test's shot count, and adaptation learning
 # rates either side of the paper's 5e-4 (the meta start overfits its shots; LoRA's start underfits).
 PROBE_RUNS = {"k5": {"support": 5}}
+REPTILE = "Reptile start"  # the paper's method, ReptiLoRA: how its column is labelled
 PROBE_LRS = {"reptilora": [5e-5, 1e-4, 2e-4], "lora": [1e-3]}
 IN_CONTEXT_MAX_LENGTH = 2048  # room for 5 documents in the prompt (SmolLM2 takes 8k)
 
@@ -279,12 +280,12 @@ def why_table(out: Path, draws: int) -> str:
         cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=draws, split="test",
                                     systems=["lora", "reptilora"])
         text += (f"\nTest splits with the best probes (ReptiLoRA: {summary['best_reptilora']}, "
-                 f"LoRA: {summary['best_lora']}):\n\n" + compare.markdown_table(rows["lora"] + rows["reptilora"], cfg))
+                 f"LoRA: {summary['best_lora']}):\n\n" + compare.markdown_table(rows["lora"] + rows["reptilora"], cfg, REPTILE))
         if summary.get("test_b"):
             b = [r for folder in summary["test_b"].values()
                  for r in json.loads((out / "why" / folder / "results.json").read_text())["rows"]]
             text += (f"\nProtocol (b), the leave-one-out starts with the same probe "
-                     f"({summary['best_reptilora']}):\n\n" + compare.markdown_table(rows["lora"] + b, cfg))
+                     f"({summary['best_reptilora']}):\n\n" + compare.markdown_table(rows["lora"] + b, cfg, REPTILE))
     return text
 
 
@@ -308,8 +309,8 @@ def stage_report(args, out: Path) -> None:
     cfg = compare.CompareConfig(tasks=TASKS, shots=[0, 1, 5], draws=_test_draws(args), split="test", limit=args.limit)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    table_a = compare.markdown_table(a, cfg)
-    table_b = compare.markdown_table(b, replace(cfg, systems=["lora", "reptilora"]))
+    table_a = compare.markdown_table(a, cfg, REPTILE)
+    table_b = compare.markdown_table(b, replace(cfg, systems=["lora", "reptilora"]), REPTILE)
     gaps = []
     for name, rows in (("a", a), ("b", b)):
         for t in TASKS:
@@ -323,8 +324,8 @@ def stage_report(args, out: Path) -> None:
                              "apart": re["rougeL"]["low"] > lo["rougeL"]["high"]
                              or lo["rougeL"]["low"] > re["rougeL"]["high"]})
     for t in TASKS:
-        compare.chart(a, t, cfg, report / f"a-{t}.png")
-        compare.chart(b, t, replace(cfg, systems=["lora", "reptilora"]), report / f"b-{t}.png")
+        compare.chart(a, t, cfg, report / f"a-{t}.png", REPTILE)
+        compare.chart(b, t, replace(cfg, systems=["lora", "reptilora"]), report / f"b-{t}.png", REPTILE)
     gap_lines = ["| protocol | task | shots | ReptiLoRA − LoRA (R-L) | intervals apart |", "| --- | --- | ---: | ---: | --- |"]
     gap_lines += [f"| {g['protocol']} | {g['task']} | {g['shots']} | {g['gain']:+.2f} | {'yes' if g['apart'] else 'no'} |"
                   for g in gaps]

@@ -2,6 +2,7 @@
 ROUGE is rouge-score's, the comparison runs end to end with a real chart, bad input fails in one line."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import mlx.core as mx
 import pytest
 
 from mlx_reptilora.data import prompts, tasks
+from mlx_reptilora.errors import UserError
 from mlx_reptilora.evaluation import adapt, compare, evaluate
 from mlx_reptilora.meta import train as meta_train
 from mlx_reptilora.model import adapters
@@ -95,10 +97,60 @@ def test_compare_end_to_end_with_png_chart(tiny_dir, meta_dir, tmp_path):
     one_shot = next(r for r in result["rows"] if r["system"] == "lora" and r["shots"] == 1)
     assert one_shot["n"] == 6 and one_shot["draws"] == 2  # 3 examples x 2 draws, pooled
     table = (tmp_path / "cmp" / "table.md").read_text()
-    assert "ReptiLoRA R-L" in table and "| pydoc | 1 |" in table
+    assert "Reptile start R-L" in table and "| pydoc | 1 |" in table and "ReptiLoRA" not in table
+    assert result["start_label"] == "Reptile start"
     for t in cfg.tasks:
         png = (tmp_path / "cmp" / f"{t}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_compare_names_the_learner_and_still_takes_reptilora(meta_dir, tmp_path):
+    assert compare.CompareConfig(adapters="x", systems=["lora", "reptilora", "meta"]).systems == ["lora", "meta"]
+    assert compare.learner_label(str(meta_dir)) == "Reptile start"
+    for learner, name in (({"learner": "maml", "lslr": True}, "MAML++ start"), ({"learner": "maml"}, "MAML start"),
+                          ({"learner": "meta-sgd"}, "Meta-SGD start"), ({"learner": "fomaml"}, "FOMAML start")):
+        folder = tmp_path / name.replace(" ", "-")
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"meta_learned": learner["learner"], "learner": learner}))
+        assert compare.learner_label(str(folder)) == name
+    # rows written when the system was called "reptilora" are found as "meta"
+    old = [{"task": "t", "system": "reptilora", "shots": 1}]
+    assert compare._cell(old, "t", "meta", 1) is old[0]
+
+
+def test_adapt_says_the_loss_after_adapting_and_what_it_truncated(tiny_dir, meta_dir, tmp_path, capsys):
+    out = adapt.run(adapt.AdaptConfig(task="aclsum-title", shots=2, steps=1, adapters=str(meta_dir),
+                                      model=str(tiny_dir), max_length=128, out=str(tmp_path / "a")))
+    said = capsys.readouterr().out
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["loss_after"] != cfg["loss_before"]  # one step moved it: the line shows where it went
+    assert f"in 1 steps: loss on the shots {cfg['loss_before']:.3f} -> {cfg['loss_after']:.3f}" in said
+    assert "2 shots of aclsum-title: 2 truncated to --max-length 128" in said  # abstracts are longer than 128
+
+
+def test_evaluate_records_the_shots_the_adapters_were_tuned_on(tiny_dir, meta_dir, tmp_path):
+    out = adapt.run(adapt.AdaptConfig(task="aclsum-title", shots=2, steps=1, adapters=str(meta_dir),
+                                      model=str(tiny_dir), max_length=128, out=str(tmp_path / "a"), quiet=True))
+    common = dict(task="aclsum-title", model=str(tiny_dir), adapters=str(out), limit=1, max_length=128,
+                  max_new_tokens=2, quiet=True)
+    assert evaluate.run(evaluate.EvalConfig(json=str(tmp_path / "e.json"), **common))["shots"] == 2
+    assert json.loads((tmp_path / "e.json").read_text())["shots"] == 2
+    assert evaluate.run(evaluate.EvalConfig(shots=7, **common))["shots"] == 7  # the flag wins
+
+
+def test_adapt_never_writes_over_a_start(tiny_dir, meta_dir, tmp_path):
+    start, other = shutil.copytree(meta_dir, tmp_path / "start"), shutil.copytree(meta_dir, tmp_path / "other")
+    weights = (start / adapters.WEIGHTS).read_bytes()
+    common = dict(task="aclsum-title", shots=1, steps=1, model=str(tiny_dir), max_length=128, quiet=True)
+    with pytest.raises(UserError, match="is the start being adapted"):
+        adapt.run(adapt.AdaptConfig(adapters=str(start), out=str(start), **common))
+    with pytest.raises(UserError, match="holds a meta-learned start"):
+        adapt.run(adapt.AdaptConfig(adapters=str(start), out=str(other), **common))
+    with pytest.raises(UserError, match="holds a meta-learned start"):
+        adapt.run(adapt.AdaptConfig(out=str(other), **common))  # from the standard start too
+    assert (start / adapters.WEIGHTS).read_bytes() == weights == (other / adapters.WEIGHTS).read_bytes()
+    again = adapt.run(adapt.AdaptConfig(adapters=str(start), out=str(tmp_path / "a"), **common))
+    assert adapt.run(adapt.AdaptConfig(adapters=str(start), out=str(again), **common)) == again  # an adapted folder
 
 
 # ---- bad input, through the CLI as a user meets it ----------------------------------------------

@@ -74,12 +74,13 @@ class AdaptOptions(StepOptions):
 
 @dataclass
 class AdaptConfig(models.ModelOptions, adapters.LoraOptions, AdaptOptions):
-    task: str | None = option(None, "task name or folder", required=True)
+    task: str | None = option(None, "task name or folder", required=True, aliases=("--data",))
     shots: int | None = option(None, "k training examples to adapt on; 0 = no adaptation", min=0, required=True)
     adapters: str | None = option(None, "the start: a meta-learned (or any mlx-lm LoRA) adapters folder or hub "
                                         "repo id; LoRA options apply only without it",
-                                  default_text="the standard LoRA start")
-    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16)
+                                  default_text="the standard LoRA start", aliases=("--adapter-path",))
+    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16,
+                             aliases=("--max-seq-length",))
     seed: int = option(0, "which shots are drawn, and the standard start's A", min=0)
     out: str = option("runs/adapted", "output folder for the adapted adapters")
     quiet: bool = option(False, "no progress output", short="-q")
@@ -103,6 +104,8 @@ def shots_of(base: models.Base, task: tasks.Task, k: int, seed: int, max_length:
 def adapt_with(inner: InnerLoop, shots, plan: recipes.Recipe, steps: int | None = None) -> list[float]:
     """`steps` (the plan's by default) of the plan's inner loop from the adapters in the model."""
     steps = plan.steps if steps is None else steps
+    if steps == 0:
+        return []
     if plan.learned_lr:
         return inner.sgd_steps(inner.weights(), shots, plan.rate, steps).losses
     inner.reset_optimizer()
@@ -153,6 +156,18 @@ def fine_tune(inner: InnerLoop, shots, plan: recipes.Recipe, quiet: bool = True)
     return adapt_with(inner, shots, plan, steps), steps
 
 
+def check_out(out: str | Path, start: str | None) -> None:
+    """Before any work: adapting writes a task's adapters, never over a start (its recipe and
+    meta.json would go on describing adapters that are gone)."""
+    out = Path(out)
+    if start and out.exists() and out.resolve() == Path(start).resolve():
+        raise UserError(f"--out {out} is the start being adapted (--adapters): choose another --out")
+    made_by = adapters.learner_of(out) or next((f for f in (recipes.RECIPE, "meta.json") if (out / f).exists()), None)
+    if made_by:
+        raise UserError(f"--out {out} holds a meta-learned start ({made_by}); adapt writes a task's adapters: "
+                        f"choose another --out")
+
+
 def run(cfg: AdaptConfig) -> Path:
     options.check(cfg)
     cfg.steps_value()
@@ -163,7 +178,8 @@ def run(cfg: AdaptConfig) -> Path:
     if cfg.adapters:
         adapters.read_config(cfg.adapters)
         adapters.read_weights(cfg.adapters)
-    plan = cfg.plan(recipes.read(cfg.adapters))
+    check_out(cfg.out, cfg.adapters)
+    plan = cfg.plan(recipes.read(cfg.adapters, shots=cfg.shots))
     check_auto(plan, [cfg.shots])
     with claimed(cfg.out):
         return _run(cfg, task, plan)
@@ -176,17 +192,26 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe) -> Path:
     lora = start(base, cfg)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters) if cfg.adapters else 'the standard LoRA start (B = 0)'}")
-        print(f"recipe: {plan.describe()} ({plan.chosen_by})")
+        nearest = (f"; the start's recipe for {plan.shots} shots, the nearest validated count to {cfg.shots}"
+                   if plan.shots is not None and plan.shots != cfg.shots else "")
+        print(f"recipe: {plan.describe()} ({plan.chosen_by}{nearest})")
     shots = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else []
+    if shots and not cfg.quiet:
+        cut = sum(t.truncated for t in shots)
+        print(f"{len(shots)} shots of {task.name}: {cut} truncated to --max-length {cfg.max_length}")
     inner = InnerLoop(base.model, cfg.inner(plan), bucket_lengths(cfg.max_length), rows=len(shots),
                       say=None if cfg.quiet else print) if shots else None
+    before = inner.loss(shots) if inner else None
     losses, steps = fine_tune(inner, shots, plan, cfg.quiet)
-    if losses and not cfg.quiet:
-        print(f"adapted on {cfg.shots} shots of {task.name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    after = inner.loss(shots) if inner and steps else before
+    if inner and not cfg.quiet:  # the loss on the shots with dropout off, before and after the steps
+        print(f"adapted on {cfg.shots} shots of {task.name} in {steps} steps: loss on the shots {before:.3f} -> "
+              f"{after:.3f}")
     out = adapters.save(base.model, lora, cfg.out, extra={
         "start": cfg.adapters or "standard", "start_learner": adapters.learner_of(cfg.adapters), "task": task.name,
         "shots": cfg.shots, "seed": cfg.seed, "steps": steps, "recipe": {**recipes.as_dict(plan), "steps": steps},
-        "losses": losses, "base_model": base.name, "base_model_id": hub.base_id(base.name, base.path)})
+        "losses": losses, "loss_before": before, "loss_after": after,
+        "base_model": base.name, "base_model_id": hub.base_id(base.name, base.path)})
     if not cfg.quiet:
         print(f"adapters: {out}")
     return out

@@ -1,4 +1,4 @@
-"""`mlx-reptilora compare`: the paper's table — LoRA (standard start) vs ReptiLoRA (meta start) vs
+"""`mlx-reptilora compare`: the paper's table — LoRA (standard start) vs the meta-learned start vs
 in-context — for a set of tasks at 0/1/5 shots, each k > 0 averaged over several draws of the shots.
 
 The draws of one cell are pooled (every test example once per draw) into one bootstrap estimate,
@@ -23,28 +23,46 @@ from . import evaluate
 from ..meta import recipe as recipes
 from .adapt import AdaptOptions, check_auto, fine_tune
 
-SYSTEMS = ("lora", "reptilora", "in-context")  # "reptilora": the meta-learned start, whatever its learner
-LABELS = {"lora": "LoRA", "reptilora": "ReptiLoRA", "in-context": "In-context"}
-META_LABELS = {"reptile": "ReptiLoRA", "fomaml": "FOMAML start", "maml": "MAML start", "meta-sgd": "Meta-SGD start"}
+SYSTEMS = ("lora", "meta", "in-context")  # "meta": the meta-learned start, whatever its learner
+ALIASES = {"reptilora": "meta"}  # the name "meta" had when every start was ReptiLoRA's
+LABELS = {"lora": "LoRA", "in-context": "In-context"}
+LEARNER_NAMES = {"reptile": "Reptile", "fomaml": "FOMAML", "maml": "MAML", "meta-sgd": "Meta-SGD"}
 
 
-def label(system: str, learner: str | None = "reptile") -> str:
-    """A column's name: the meta start is named after the learner that made it."""
-    if system == "reptilora" and learner != "reptile":
-        return META_LABELS.get(learner, "Meta start")
-    return LABELS[system]
+def canonical(system: str) -> str:
+    return ALIASES.get(system, system)
+
+
+def learner_label(start: str | None) -> str:
+    """A start's column name, after the learner that made it (MAML with learned per-step rates is MAML++)."""
+    learner = adapters.recorded(start, "learner", {})
+    learner = learner if isinstance(learner, dict) else {}
+    name = learner.get("learner") or adapters.learner_of(start)
+    if name == "maml" and learner.get("lslr"):
+        return "MAML++ start"
+    return f"{LEARNER_NAMES[name]} start" if name in LEARNER_NAMES else "Meta start"
+
+
+def label(system: str, start_label: str = "Meta start") -> str:
+    """A column's name: the meta start is named after its learner (`learner_label`)."""
+    return start_label if canonical(system) == "meta" else LABELS[system]
 
 
 @dataclass
 class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
-    adapters: str | None = option(None, "the meta-learned start (adapters folder)", required=True)
+    adapters: str | None = option(None, "the meta-learned start (adapters folder)", required=True,
+                                  aliases=("--adapter-path",))
     tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated tasks")
     shots: list[int] = option([0, 1, 5], "comma-separated shot counts", min=0)
     draws: int = option(3, "draws of the shots per k > 0, pooled into one interval", min=1)
-    systems: list[str] = option(list(SYSTEMS), "which systems to compare", choices=SYSTEMS)
+    systems: list[str] = option(list(SYSTEMS), "which systems to compare (reptilora: meta)",
+                                choices=SYSTEMS + tuple(ALIASES))
     seed: int = option(0, "seed of the first draw (draw d uses seed + d)", min=0)
     out: str = option("runs/compare", "output folder")
     quiet: bool = option(False, "no progress output", short="-q")
+
+    def __post_init__(self):
+        self.systems = list(dict.fromkeys(canonical(s) for s in self.systems))
 
 
 def _cells(cfg: CompareConfig):
@@ -67,26 +85,34 @@ def run(cfg: CompareConfig) -> dict:
 def _run(cfg: CompareConfig) -> dict:
     lora = adapters.read_config(cfg.adapters)
     meta = adapters.read_weights(cfg.adapters)
-    learner = adapters.learner_of(cfg.adapters)
+    learner, start_label = adapters.learner_of(cfg.adapters), learner_label(cfg.adapters)
     loaded = {n: tasks.load(n) for n in cfg.tasks}
     for t in loaded.values():
         evaluate.examples_of(t, cfg.split, cfg.limit)
-    # The meta start is adapted with its recipe, LoRA with the defaults; flags override both.
-    plans = {"reptilora": cfg.plan(recipes.read(cfg.adapters)), "lora": cfg.plan(None)}
-    for s, p in plans.items():
-        if s in cfg.systems:
-            check_auto(p, cfg.shots)
+    # The meta start is adapted with its recipe for k shots, LoRA with the defaults; flags override both.
+    plans = {(s, k): cfg.plan(recipes.read(cfg.adapters, shots=k) if s == "meta" else None)
+             for s in ("meta", "lora") if s in cfg.systems for k in cfg.shots if k}
+    for (_, k), p in plans.items():
+        check_auto(p, [k])
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     hub.check_base(cfg.adapters, base)
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    inners: dict[str, InnerLoop] = {}
-    for s in (s for s in plans if s in cfg.systems):
-        # both adapt the same model: the first measures an automatic micro-batch, the second takes it
-        fitted = {"micro_batch": next(iter(inners.values())).cfg.micro_batch} if inners else {}
-        inners[s] = InnerLoop(base.model, cfg.inner(plans[s], **fitted), bucket_lengths(cfg.max_length),
-                              rows=max(cfg.shots, default=1), say=None if cfg.quiet else print)
+    loops: dict[tuple, InnerLoop] = {}
+
+    def inner(plan: recipes.Recipe) -> InnerLoop:
+        """One inner loop per (optimizer, lr); they all adapt the same model: the first measures an
+        automatic micro-batch, the others take it."""
+        key = (plan.optimizer, plan.lr)
+        if key not in loops:
+            fitted = {"micro_batch": next(iter(loops.values())).cfg.micro_batch} if loops else {}
+            loops[key] = InnerLoop(base.model, cfg.inner(plan, **fitted), bucket_lengths(cfg.max_length),
+                                   rows=max(cfg.shots, default=1), say=None if cfg.quiet else print)
+        return loops[key]
+
+    for p in plans.values():
+        inner(p)
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]
              for n, t in loaded.items()}
@@ -97,8 +123,8 @@ def _run(cfg: CompareConfig) -> dict:
     out = Path(cfg.out)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters)}")
-        for s in inners:
-            print(f"{label(s, learner)} adapts with: {plans[s].describe()} ({plans[s].chosen_by})")
+        for (s, k), p in plans.items():
+            print(f"{label(s, start_label)} adapts at {k} shots with: {p.describe()} ({p.chosen_by})")
     cells = list(_cells(cfg))
     progress = Progress(len(cells), quiet=cfg.quiet)
     rows = []
@@ -108,14 +134,15 @@ def _run(cfg: CompareConfig) -> dict:
         steps = []  # per draw: --steps auto chooses per draw
         for d in range(cfg.draws if k else 1):
             seed = cfg.seed + d
-            adapters.set_weights(base.model, meta if system == "reptilora" else standard)
+            adapters.set_weights(base.model, meta if system == "meta" else standard)
             if k and system != "in-context":
-                _, taken = fine_tune(inners[system], episodes.draw_shots(train[name], k, seed, name), plans[system])
+                plan = plans[system, k]
+                _, taken = fine_tune(inner(plan), episodes.draw_shots(train[name], k, seed, name), plan)
                 steps.append(taken)
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,
                                        in_context=k if system == "in-context" else 0,
-                                       seed=seed, quiet=True)
+                                       shots=k, seed=seed, quiet=True)
             result = evaluate.evaluate(base, task, ecfg)
             predictions += [p["prediction"] for p in result["_predictions"]]
             references += [p["reference"] for p in result["_predictions"]]
@@ -126,18 +153,18 @@ def _run(cfg: CompareConfig) -> dict:
         (out / "predictions").mkdir(exist_ok=True)
         atomic_write_text(out / "predictions" / f"{name}-{system}-{k}shot.jsonl",
             "".join(json.dumps({"prediction": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
-        progress.update(i + 1, f"{name} {label(system, learner)} {k}-shot: ROUGE-L {row['rougeL']['mid']:.2f}")
+        progress.update(i + 1, f"{name} {label(system, start_label)} {k}-shot: ROUGE-L {row['rougeL']['mid']:.2f}")
     progress.close()
     if "lora" in cfg.systems and "in-context" in cfg.systems:
         rows += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
                  for r in rows if r["system"] == "lora" and r["shots"] == 0]
-    result = {"config": options.to_dict(cfg), "start_learner": learner, "rows": rows,
-              "recipes": {s: recipes.as_dict(p) for s, p in plans.items() if s in inners}}
+    result = {"config": options.to_dict(cfg), "start_learner": learner, "start_label": start_label, "rows": rows,
+              "recipes": {f"{s}/{k}": recipes.as_dict(p) for (s, k), p in plans.items()}}
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
-    table = markdown_table(rows, cfg, learner)
+    table = markdown_table(rows, cfg, start_label)
     atomic_write_text(out / "table.md", table)
     for name in cfg.tasks:
-        chart(rows, name, cfg, out / f"{name}.png", learner)
+        chart(rows, name, cfg, out / f"{name}.png", start_label)
     if not cfg.quiet:
         print(table)
         print(f"results: {out}/results.json, {out}/table.md, charts {out}/<task>.png")
@@ -145,13 +172,15 @@ def _run(cfg: CompareConfig) -> dict:
 
 
 def _cell(rows, task, system, k):
-    return next((r for r in rows if (r["task"], r["system"], r["shots"]) == (task, system, k)), None)
+    """The row of one cell; rows written when "meta" was "reptilora" count as "meta"."""
+    system = canonical(system)
+    return next((r for r in rows if (r["task"], canonical(r["system"]), r["shots"]) == (task, system, k)), None)
 
 
-def markdown_table(rows: list[dict], cfg: CompareConfig, learner: str | None = "reptile") -> str:
-    systems = [s for s in SYSTEMS if s in cfg.systems]
+def markdown_table(rows: list[dict], cfg: CompareConfig, start_label: str = "Meta start") -> str:
+    systems = [s for s in SYSTEMS if s in map(canonical, cfg.systems)]
     metrics = (("rougeL", "R-L"), ("rouge1", "R-1"), ("rouge2", "R-2"))
-    head = "| task | shots | " + " | ".join(f"{label(s, learner)} {m}" for _, m in metrics for s in systems) + " |"
+    head = "| task | shots | " + " | ".join(f"{label(s, start_label)} {m}" for _, m in metrics for s in systems) + " |"
     lines = [head, "|" + " --- |" * (2 + len(metrics) * len(systems))]
     for name in cfg.tasks:
         for k in cfg.shots:
@@ -167,15 +196,15 @@ def markdown_table(rows: list[dict], cfg: CompareConfig, learner: str | None = "
     return "\n".join(lines) + "\n"
 
 
-def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, learner: str | None = "reptile") -> None:
-    """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = ReptiLoRA, solid = LoRA."""
+def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, start_label: str = "Meta start") -> None:
+    """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = the meta start, solid = LoRA."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = [s for s in SYSTEMS if s in cfg.systems]
-    style = {"lora": dict(color="#4C72B0"), "reptilora": dict(color="#DD8452", hatch="//", edgecolor="black"),
+    systems = [s for s in SYSTEMS if s in map(canonical, cfg.systems)]
+    style = {"lora": dict(color="#4C72B0"), "meta": dict(color="#DD8452", hatch="//", edgecolor="black"),
              "in-context": dict(color="#8C8C8C")}
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     width = 0.8 / len(systems)
@@ -188,7 +217,7 @@ def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, learner: 
                 ys.append(r["rougeL"]["mid"])
                 errs[0].append(r["rougeL"]["mid"] - r["rougeL"]["low"])
                 errs[1].append(r["rougeL"]["high"] - r["rougeL"]["mid"])
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=label(s, learner), **style[s])
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=label(s, start_label), **style[s])
     ax.set_xticks(range(len(cfg.shots)), [f"{k}-shot" for k in cfg.shots])
     ax.set_ylabel("ROUGE-L F (x100)")
     ax.set_title(task)

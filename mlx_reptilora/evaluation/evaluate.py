@@ -31,7 +31,8 @@ class EvalOptions:
     split: str = option("test", "which split is scored", choices=SPLITS)
     limit: int | None = option(None, "score only the first N examples of the split", min=1, default_text="all")
     batch_size: int = option(16, "sequences generated together", min=1)
-    max_length: int = option(512, "max tokens per example or prompt; documents are truncated", min=16)
+    max_length: int = option(512, "max tokens per example or prompt; documents are truncated", min=16,
+                             aliases=("--max-seq-length",))
     in_context_length: int | None = option(None, "max tokens of an in-context prompt", min=16,
                                            default_text="--max-length x (shots + 1): each document keeps the "
                                                         "room it has alone")
@@ -39,12 +40,14 @@ class EvalOptions:
 
 @dataclass
 class EvalConfig(models.ModelOptions, EvalOptions):
-    task: str | None = option(None, "task name or folder", required=True)
-    adapters: str | None = option(None, "adapters folder", default_text="none: the base model")
+    task: str | None = option(None, "task name or folder", required=True, aliases=("--data",))
+    adapters: str | None = option(None, "adapters folder", default_text="none: the base model",
+                                  aliases=("--adapter-path",))
     max_new_tokens: int | None = option(None, "most tokens generated per summary", min=1,
                                         default_text="1.5 x the 95th percentile training summary")
     in_context: int = option(0, "k training examples in the prompt (the in-context baseline)", min=0)
-    shots: int = option(0, "recorded in the JSON: shots the adapters were tuned on", min=0)
+    shots: int | None = option(None, "recorded in the JSON: shots the adapters were tuned on", min=0,
+                               default_text="what the adapters record (adapt writes it), else 0")
     seed: int = option(0, "picks the in-context shots; recorded", min=0)
     bootstrap_seed: int = option(0, "seed of the bootstrap resampling of the intervals", min=0)
     json: str | None = option(None, "write the scores here (and the predictions next to it)")
@@ -129,6 +132,8 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.adapters:
         adapters.read_config(cfg.adapters)
         adapters.read_weights(cfg.adapters)
+    if cfg.shots is None:
+        cfg.shots = adapters.recorded(cfg.adapters, "shots", 0)
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     if cfg.adapters:
         hub.check_base(cfg.adapters, base)
