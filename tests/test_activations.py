@@ -8,6 +8,7 @@ import pytest
 from mlx_reptilora.data import prompts, tasks
 from mlx_reptilora.errors import UserError
 from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
+from tests.conftest import assert_close
 from mlx_reptilora.model import activations, adapters, models
 
 
@@ -27,8 +28,7 @@ def test_on_a_float32_base_the_step_is_unchanged(tiny_dir, choice):
     float32 branch. With dropout on: the masks are drawn as before."""
     (ref_losses, ref), (losses, got) = adapted(tiny_dir, dropout=0.1), adapted(tiny_dir, dropout=0.1, **choice)
     assert np.allclose(ref_losses, losses, rtol=1e-5)
-    for k in ref:
-        assert mx.allclose(ref[k], got[k], atol=1e-6), k
+    assert_close(got, ref)
 
 
 def test_lora_in_a_bf16_base_dtype_trains_float32_adapters_close_to_the_float32_branch(tiny_dir):

@@ -20,6 +20,7 @@ from mlx_reptilora.meta import inner_loop, losses, train as meta_train, reptile
 from mlx_reptilora.model import adapters, models
 from mlx_reptilora.errors import UserError
 from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
+from tests.conftest import assert_close
 
 
 def reptile_step(inner, theta, supports, lr):
@@ -101,9 +102,7 @@ def test_three_episodes_move_theta_by_exactly_alpha_times_the_difference(tiny_di
                                   cfg.micro_batch)
         theta = {k: theta[k] + 0.1 * (adapted[k] - theta[k]) for k in theta}
 
-    assert set(got) == set(theta)
-    for k in theta:
-        assert np.allclose(np.array(got[k]), np.array(theta[k]), rtol=1e-4, atol=1e-6), k
+    assert_close(got, theta)
     b_norm = sum(float(mx.abs(v).sum()) for k, v in got.items() if k.endswith("lora_b"))
     assert b_norm > 0  # B moved away from its zero start
 
@@ -274,8 +273,7 @@ def test_grad_checkpoint_gives_the_same_step_without_dropout(tiny_dir):
         results.append((inner.adapt(exs), inner.weights()))
     (plain_losses, plain), (ck_losses, ck) = results
     assert np.allclose(plain_losses, ck_losses, rtol=1e-5)
-    for k in plain:
-        assert mx.allclose(plain[k], ck[k], atol=1e-6), k
+    assert_close(ck, plain)
 
 
 def test_checkpointed_dropout_differentiates_through_the_forward_masks():
@@ -389,9 +387,9 @@ def test_a_quantized_base_steps_through_dense_dequantized_weights(tiny_dir, monk
     dense = InnerLoop(base.model, InnerConfig(micro_batch=2, quantized_matmul="dense"), [64, 128])
     loss, got = dense.gradient(exs)
     assert abs(loss - want_loss) < 1e-4 * abs(want_loss)
-    assert all(mx.allclose(got[k], want[k], rtol=1e-3, atol=1e-6) for k in want)
+    assert_close(got, want)
     assert dense.loss(exs) == pytest.approx(want_eval, rel=1e-4)  # the evaluation loss too
     hv = dense.hvp(exs, v)
-    assert all(mx.allclose(hv[k], want_hv[k], rtol=1e-3, atol=1e-6) for k in want_hv)
+    assert_close(hv, want_hv)
     with pytest.raises(UserError, match="--quantized-matmul"):
         quantized.is_dense("fast")
