@@ -4,13 +4,19 @@ tiny random-weight Llama with the bundled tokenizer, for tests that need a model
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 # Offline and private: never touch the user's cache or the network from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# One test file per core (pytest-xdist): OpenBLAS threads of their own would oversubscribe the cores
+# (two files side by side took 13% longer with 2 threads each than with 1). Set before any BLAS loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # PyTorch's, for the same reason
 
 import mlx_reptilora  # noqa: E402,F401  -- first: it preloads OpenBLAS before mlx.core loads
 
@@ -99,3 +105,54 @@ def assert_close(got: dict, want: dict, rel: float = 1e-4) -> None:
         a, b = np.asarray(got[k], np.float64), np.asarray(want[k], np.float64)
         diff, norm = np.linalg.norm(a - b), np.linalg.norm(b)
         assert diff <= rel * norm, f"{k}: relative difference {diff / max(norm, 1e-300):.2e} > {rel:g}"
+
+
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args, env: dict | None = None, cwd=None) -> Ran:
+    """`mlx-reptilora ARGS` in this process (cli.main), as a user would see it: exit status, stdout,
+    stderr. A real process costs ~3 s of imports per call; tests that need one (signals, locks held by
+    another process, mlx.launch) start it themselves."""
+    import contextlib
+    import io
+
+    from mlx_reptilora.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if env:
+            stack.enter_context(_environ(env))
+        if cwd is not None:
+            stack.enter_context(_cwd(cwd))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        code = main([str(a) for a in args])
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+@contextmanager
+def _cwd(path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextmanager
+def _environ(env: dict):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

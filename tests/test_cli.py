@@ -78,3 +78,34 @@ def test_the_cli_imports_without_mlx_lm():
     code = "import sys, mlx_reptilora.cli; assert 'mlx_lm' not in sys.modules, sorted(m for m in sys.modules if 'mlx_lm' in m)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1000:]
+
+
+def test_progress_is_one_line_per_update_off_a_terminal():
+    """Through tqdm, but with plain lines where tqdm's carriage returns would pile onto one line."""
+    import io
+
+    from mlx_reptilora.progress import Progress
+
+    stream = io.StringIO()
+    p = Progress(4, stream=stream, every_s=0)
+    p.start = 1  # a resumed loop: the rate counts only what is done from here
+    for done in (2, 3, 4):
+        p.update(done, f"episode {done}")
+    p.log("a line of its own")
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 4
+    assert lines[0].startswith("[2/4] episode 2 | ") and "elapsed, eta" in lines[0] and lines[-1] == "a line of its own"
+
+
+def test_no_private_module_of_another_package_is_imported():
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "mlx_reptilora"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                parts = name.split(".")
+                assert not any(p.startswith("_") for p in parts[1:]) or parts[0] == "mlx_reptilora", (path, name)

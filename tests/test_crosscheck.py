@@ -15,8 +15,8 @@ from mlx_reptilora.model import adapters  # noqa: E402
 
 @pytest.mark.slow
 def test_two_episodes_agree_with_pytorch_peft_on_cpu(bundled_dir):
-    torch.set_num_threads(2)
-    result = crosscheck.run(crosscheck.CrosscheckConfig(episodes=2, inner_steps=3, support=4, max_length=128,
+    torch.set_num_threads(1)  # one test file per core
+    result = crosscheck.run(crosscheck.CrosscheckConfig(episodes=2, inner_steps=2, support=2, max_length=128,
                                                         device="cpu", quiet=True))
     assert result["lora_b_max_abs"] > 0  # the adapters really trained
     assert result["loss_max_rel_diff"] <= 1e-4, result["episodes"]

@@ -15,6 +15,7 @@ import mlx.core as mx
 import pytest
 
 from mlx_reptilora.model import adapters
+from tests.conftest import run_cli
 
 LAUNCH = str(Path(sys.executable).parent / "mlx.launch")
 
@@ -44,8 +45,7 @@ def test_two_processes_end_with_the_adapters_of_one(tiny_dir, tmp_path, learner)
     """Bit-identical, not within a tolerance: with one task per rank each rank's mean is that task's
     contribution, the ring's all-sum adds the two in float32 as the single process does, and every
     task draws its dropout masks from its own seed."""
-    one = subprocess.run([sys.executable, "-m", "mlx_reptilora", *args(tiny_dir, tmp_path / "one", learner), "-q"],
-                         capture_output=True, text=True)
+    one = run_cli(*args(tiny_dir, tmp_path / "one", learner), "-q")  # one process: this one
     assert one.returncode == 0, one.stderr
     p = launch(args(tiny_dir, tmp_path / "two", learner))
     out, err = p.communicate(timeout=300)
@@ -95,8 +95,7 @@ def test_a_killed_rank_stops_every_rank_then_resume_completes(tiny_dir, tmp_path
     rows = [json.loads(line)["episode"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(episodes))
     # and it ends where an uninterrupted run ends (one process: the same, as the test above shows)
-    straight = subprocess.run([sys.executable, "-m", "mlx_reptilora", *args(tiny_dir, tmp_path / "straight",
-                                                                              episodes=episodes), "-q"])
+    straight = run_cli(*args(tiny_dir, tmp_path / "straight", episodes=episodes), "-q")
     assert straight.returncode == 0 and same(out, tmp_path / "straight")
 
 

@@ -1,6 +1,7 @@
-"""Bad inputs and faults, through the real CLI in subprocesses, as a demanding user meets them. Each
-case asserts: a non-zero exit, exactly one line on stderr and no traceback, nothing half-written,
-and that the same command with the input corrected then succeeds."""
+"""Bad inputs and faults, through the CLI as a demanding user meets them (in this process, but where
+another process is the point: a second run holding the folder). Each case asserts: a non-zero exit,
+exactly one line on stderr and no traceback, nothing half-written, and that the same command with
+the input corrected then succeeds."""
 
 import json
 import os
@@ -15,13 +16,13 @@ import mlx.core as mx
 import pytest
 
 from mlx_reptilora.model import adapters
+from tests.conftest import run_cli
 
 PASSED: set = set()  # corrected commands already seen to succeed (keyed without their output path)
 
 
 def cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def fails_in_one_line(r, message):

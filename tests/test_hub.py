@@ -3,9 +3,6 @@ loading its subfolder with MLX's logits, `convert` of the bundled model (plain a
 mlx_lm and in adapt, and every network path failing in one line with HF_HUB_OFFLINE=1."""
 
 import json
-import os
-import subprocess
-import sys
 
 import mlx.core as mx
 import numpy as np
@@ -13,11 +10,11 @@ import pytest
 import yaml
 
 from mlx_reptilora.model import adapters, hub, models
+from tests.conftest import run_cli
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return run_cli(*args, env={"HF_HUB_OFFLINE": "1"})
 
 
 def one_line(r, message):
@@ -95,21 +92,23 @@ def test_the_peft_subfolder_loads_in_peft_with_mlx_logits(start, bundled_dir, bu
     assert np.abs(plain - theirs).max() > 1e-2 * scale  # the adapter is really applied
 
 
-def test_convert_the_bundled_model_plain_and_4bit(bundled_dir, tmp_path):
+def test_convert_plain_and_4bit(bundled_dir, tiny_dir, tmp_path):
+    """The bundled model to a 4-bit MLX folder that remembers its hub id; a local folder to a plain one."""
     from mlx_lm import generate, load
 
-    for bits in (None, 4):
+    for source, bits, base_id in ((None, 4, "HuggingFaceTB/SmolLM2-135M-Instruct"), (tiny_dir, None, None)):
         out = tmp_path / f"mlx-{bits or 'float'}"
-        r = cli("convert", "--out", out, *(["--quantize", bits] if bits else []), "-q")
+        r = cli("convert", *(["--model", source] if source else []), "--out", out,
+                *(["--quantize", bits] if bits else []), "-q")
         assert r.returncode == 0, r.stderr
         model, tokenizer = load(str(out))
         assert generate(model, tokenizer, prompt="The capital of France is", max_tokens=3)
-        assert json.loads((out / hub.ORIGIN).read_text())["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-        r = cli("adapt", "--model", out, "--task", "aclsum-title", "--shots", "1", "--steps", "1", "--max-length", "128",
+        assert json.loads((out / hub.ORIGIN).read_text())["base_model"] == base_id
+        r = cli("adapt", "--model", out, "--task", "aclsum-title", "--shots", "1", "--steps", "1", "--max-length", "64",
                 "--out", tmp_path / f"adapted-{bits}", "-q")
         assert r.returncode == 0, r.stderr
         cfg = json.loads((tmp_path / f"adapted-{bits}" / adapters.CONFIG).read_text())
-        assert cfg["base_model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert cfg["base_model_id"] == base_id
     one_line(cli("convert", "--out", out), "already exists")
 
 

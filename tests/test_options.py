@@ -4,8 +4,6 @@ imports follow the data flow."""
 
 import ast
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -44,7 +42,7 @@ def test_every_config_field_has_a_flag():
 def _readme_flag_uses():
     """(command or None, flag) for every flag the README shows: in mlx-reptilora command lines (code
     blocks and inline code), and alone in inline code in the prose."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "GUIDE.md").read_text()
     pieces = [line for block in re.findall(r"```(?:bash)?\n(.*?)```", text, re.S) for line in block.splitlines()]
     pieces += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
     for piece in pieces:
@@ -102,6 +100,19 @@ def test_bad_yaml_values_are_one_clear_error(tmp_path, yaml_text, message):
         options.build(train.MetaTrainConfig, p)
 
 
+def test_the_readme_is_for_users():
+    """Under 250 lines; the quick start is two commands, the main job then the tests; no issue numbers;
+    and the flags it shows exist (test_readme_names_only_flags_that_exist)."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) < 250
+    quick = re.search(r"## Quick start\n+```bash\n(.*?)```", text, re.S)
+    assert quick and quick.group(1).splitlines() == [
+        "bash scripts/main.sh", "bash scripts/setup.sh --test && .venv/bin/ruff check . && .venv/bin/python -m pytest -q"]
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith(quick.group(1).splitlines()[1])
+    assert not re.search(r"#\d+\b|issue \d+", text, re.I)
+    assert "-c recommended" in text.split("## Which learner")[0]  # the first suggestion, before the details
+
+
 @pytest.mark.parametrize("args,message", [
     (["meta-train", "--inner-lr", "nan"], "--inner-lr must be a finite number"),
     (["meta-train", "--episodes", "2.5"], "--episodes: expected an integer, got '2.5'"),
@@ -111,17 +122,30 @@ def test_bad_yaml_values_are_one_clear_error(tmp_path, yaml_text, message):
     (["adapt", "--task", "aclsum-title", "--shots", "2", "--lr", "-1"], "--lr must be > 0"),
     (["compare", "--adapters", "x", "--shots", "a,b"], "--shots: expected an integer, got 'a'"),
     (["evaluate", "--task", "aclsum-title", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["meta-train", "-c", "no-such-config"], "does not exist (shipped configs: cpu-small, meta-lora, paper)"),
+    (["meta-train", "-c", "no-such-config"], "does not exist (shipped configs: cpu-small, meta-lora, paper, "
+                                             "recommended)"),
+    (["meta-train", "--bogus"], "No such option: --bogus"),
 ])
-def test_bad_flags_fail_in_one_line_before_any_work(args, message, tmp_path):
+def test_bad_flags_fail_in_one_line_before_any_work(args, message, tmp_path, capsys):
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "mlx_reptilora", *args, "--out", str(tmp_path / "o")]
-                       if args[0] in ("meta-train", "adapt", "compare") else
-                       [sys.executable, "-m", "mlx_reptilora", *args], capture_output=True, text=True)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, r.stderr
+    code = cli.main([*args, "--out", str(tmp_path / "o")] if args[0] in ("meta-train", "adapt", "compare") else args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
     assert time.perf_counter() - t < 30  # no model was loaded
+
+
+def test_the_recommended_config_is_maml_plus_plus_meta_validated():
+    from mlx_reptilora.evaluation import validate
+
+    cfg = options.build(train.MetaTrainConfig, "recommended")
+    cfg.validate()
+    assert (cfg.learner, cfg.lslr, cfg.multi_step_loss, cfg.first_order_episodes) == ("maml", True, 50, 20)
+    assert cfg.valid_shots == [1, 5] and 0 in cfg.valid_steps  # a recipe per count, guarded by "0 steps"
+    validate.check(cfg)  # its validation tasks share no documents with its training tasks, and have the splits
+    paper = options.build(train.MetaTrainConfig, "paper")
+    assert (paper.learner, paper.valid_tasks) == ("reptile", [])
 
 
 # ---- the layout: imports point down the data flow ------------------------------------------------

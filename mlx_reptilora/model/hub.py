@@ -140,7 +140,7 @@ def model_card(start: Path, repo_id: str) -> str:
         per_count = {int(k): r for k, r in (recipe.get("by_shots") or {}).items()} or {None: recipe}
         lines = [f"| {'any' if k is None else k} | {r.get('optimizer')}, {r.get('steps')} steps, "
                  f"{r['learned_lr'] + ' learned rates' if r.get('learned_lr') else 'lr ' + str(r.get('lr'))} "
-                 f"| {r.get('chosen_by', '')} |" for k, r in sorted(per_count.items(), key=lambda kv: kv[0] or 0)]
+                 f"| {r.get('chosen_by', 'the meta-training settings')} |" for k, r in sorted(per_count.items(), key=lambda kv: kv[0] or 0)]
         validation = ("\n## Adaptation recipe\n\n`mlx-reptilora adapt` uses the recipe of the nearest shot count.\n\n"
                       "| shots | recipe | chosen by |\n| --- | --- | --- |\n" + "\n".join(lines) + "\n")
     shown_base = base or "<the base model>"
