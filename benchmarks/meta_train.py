@@ -38,7 +38,7 @@ def torch_worker(path, batch_file, repeats, steps):
 
     dev = torch_ref.device()
     if dev == "cpu":
-        torch.set_num_threads(min(os.cpu_count() or 1, 2))
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(os.cpu_count() or 1, 2)))
     data = np.load(batch_file)
     batch = episodes.Batch(*(data[k] for k in ("tokens", "lengths", "prompt_lens", "target_index", "target_ids",
                                                "target_weight")))

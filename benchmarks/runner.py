@@ -279,7 +279,7 @@ def torch_worker(spec_path: str) -> None:
         dev = "mps"  # a Mac: PyTorch's Metal backend beside MLX's
     cuda = dev == "cuda"
     if dev == "cpu":
-        torch.set_num_threads(min(os.cpu_count() or 1, 2))
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(os.cpu_count() or 1, 2)))
     dtype = torch.float32 if dev == "cpu" else torch.bfloat16
     B, L, T, repeats = spec["batch"], spec["length"], spec["steps"], spec["repeats"]
     sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(dev, lambda: None)

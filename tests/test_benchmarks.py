@@ -35,7 +35,7 @@ def test_quick_mode_writes_every_measurement(tmp_path):
 
 def test_step_breakdown_measures_every_variant(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.step_breakdown", "--shape", "tiny", "--batch", "2",
-                        "--length", "32", "--repeats", "2", "--out", str(tmp_path)], cwd=ROOT,
+                        "--length", "32", "--repeats", "1", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "breakdown.json").read_text())
@@ -68,11 +68,13 @@ def test_distributed_benchmark_on_a_random_weights_geometry(tmp_path):
     written as a random-weights model folder that the real CLI loads, 1 process and 2 under
     mlx.launch, and the 2-process adapters checked against the 1-process ones."""
     r = subprocess.run([sys.executable, "-m", "benchmarks.distributed", "--shape", "tiny", "--episodes", "2",
-                        "--support", "2", "--inner-steps", "2", "--max-length", "128", "--work", str(tmp_path / "work"),
-                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "--learners", "fomaml", "--support", "2", "--query", "2", "--inner-steps", "2",
+                        "--max-length", "128", "--work", str(tmp_path / "work"), "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
-    assert [(row["learner"], row["processes"]) for row in rows] == [("reptile", 1), ("reptile", 2)]
-    assert rows[1]["adapters"] == {"identical": True, "relative_diff": 0.0}  # one task a rank: the same sums
+    assert [(row["learner"], row["processes"]) for row in rows] == [("fomaml", 1), ("fomaml", 2)]
+    # one task a rank: the same sums (tests/test_distributed.py checks Reptile through the CLI)
+    assert rows[1]["adapters"] == {"identical": True, "relative_diff": 0.0}
     assert json.loads((tmp_path / "work" / "model-tiny" / "config.json").read_text())["vocab_size"] == 49152
-    assert "| reptile | 2 | default |" in (tmp_path / "distributed.md").read_text()
+    assert "| fomaml | 2 | default |" in (tmp_path / "distributed.md").read_text()

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-import pytest
 
 from mlx_reptilora.model import adapters
 from tests.conftest import run_cli
@@ -40,11 +39,11 @@ def same(a, b) -> bool:
     return set(wa) == set(wb) and all(mx.array_equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("learner", ["reptile", "fomaml"])
-def test_two_processes_end_with_the_adapters_of_one(tiny_dir, tmp_path, learner):
+def test_two_processes_end_with_the_adapters_of_one(tiny_dir, tmp_path, learner="reptile"):
     """Bit-identical, not within a tolerance: with one task per rank each rank's mean is that task's
     contribution, the ring's all-sum adds the two in float32 as the single process does, and every
-    task draws its dropout masks from its own seed."""
+    task draws its dropout masks from its own seed. (FOMAML's twin run is the distributed benchmark's
+    test, tests/test_benchmarks.py.)"""
     one = run_cli(*args(tiny_dir, tmp_path / "one", learner), "-q")  # one process: this one
     assert one.returncode == 0, one.stderr
     p = launch(args(tiny_dir, tmp_path / "two", learner))

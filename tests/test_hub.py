@@ -104,11 +104,12 @@ def test_convert_plain_and_4bit(bundled_dir, tiny_dir, tmp_path):
         model, tokenizer = load(str(out))
         assert generate(model, tokenizer, prompt="The capital of France is", max_tokens=3)
         assert json.loads((out / hub.ORIGIN).read_text())["base_model"] == base_id
-        r = cli("adapt", "--model", out, "--task", "aclsum-title", "--shots", "1", "--steps", "1", "--max-length", "64",
-                "--out", tmp_path / f"adapted-{bits}", "-q")
-        assert r.returncode == 0, r.stderr
-        cfg = json.loads((tmp_path / f"adapted-{bits}" / adapters.CONFIG).read_text())
-        assert cfg["base_model_id"] == base_id
+        assert hub.base_id(str(out), out) == base_id  # what adapt and meta-train record for a start made on it
+        if bits:  # LoRA trains on an MLX folder that is quantized already
+            r = cli("adapt", "--model", out, "--task", "aclsum-title", "--shots", "1", "--steps", "1",
+                    "--max-length", "64", "--out", tmp_path / "adapted", "-q")
+            assert r.returncode == 0, r.stderr
+            assert json.loads((tmp_path / "adapted" / adapters.CONFIG).read_text())["base_model_id"] == base_id
     one_line(cli("convert", "--out", out), "already exists")
 
 
