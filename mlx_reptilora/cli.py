@@ -11,6 +11,12 @@ from typing import Optional
 
 import typer
 
+try:  # typer before it carried its own click raised click's exceptions, which are not TyperExceptions
+    from click import ClickException
+except ImportError:  # typer that carries click needs no click installed
+    ClickException = typer.TyperException
+CLI_ERRORS = (typer.TyperException, ClickException)
+
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -231,7 +237,7 @@ def _main(argv: list[str]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except typer.TyperException as e:  # click's (typer's own): an unknown flag, a missing value, in one line
+    except CLI_ERRORS as e:  # click's (typer's own, or click itself): an unknown flag, a missing value, in one line
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "mlx-reptilora"
         print(f"error: {e.format_message()} (see {where} --help)", file=sys.stderr)
