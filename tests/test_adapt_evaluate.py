@@ -3,8 +3,6 @@ ROUGE is rouge-score's, the comparison runs end to end with a real chart, bad in
 
 import json
 import shutil
-import subprocess
-import sys
 
 import mlx.core as mx
 import pytest
@@ -14,6 +12,7 @@ from mlx_reptilora.errors import UserError
 from mlx_reptilora.evaluation import adapt, compare, evaluate
 from mlx_reptilora.meta import train as meta_train
 from mlx_reptilora.model import adapters
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +155,7 @@ def test_adapt_never_writes_over_a_start(tiny_dir, meta_dir, tmp_path):
 # ---- bad input, through the CLI as a user meets it ----------------------------------------------
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *args], capture_output=True, text=True)
+    return run_cli(*args)
 
 
 def one_line_error(r, message):

@@ -15,6 +15,7 @@ from mlx_reptilora.meta import recipe as recipes
 from mlx_reptilora.meta import train
 from mlx_reptilora.meta.maml import msl_weights
 from mlx_reptilora.model import adapters, models
+from tests.conftest import run_cli
 from tests.test_learners import episode_of, learner_and_loop, nudged
 from tests.test_meta_train import kill_9_then_resume
 
@@ -103,7 +104,7 @@ def test_multi_step_loss_weights_sum_to_one_and_anneal_toward_the_last_step():
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mlx_reptilora", *map(str, args)], capture_output=True, text=True)
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")
