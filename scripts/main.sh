@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults (bundled SmolLM2-135M-Instruct, offline tasks), sized for a
-# 2-core CPU: meta-train a LoRA start -> adapt it to a task from 5 shots -> evaluate -> the paper's
-# LoRA-vs-ReptiLoRA table. Re-running continues the finished or interrupted run in runs/main.
+# 2-core CPU: meta-train a LoRA start, meta-validated -> adapt it to a task from 5 shots -> evaluate ->
+# the paper's table, LoRA against the start. Re-running continues the finished or interrupted run in
+# runs/main.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
