@@ -56,6 +56,7 @@ class Plan:
     shots: list[int] = field(default_factory=lambda: [0, 1, 5])
     draws: int = 3
     valid_group: bool = False  # group folds: the next group validates (never trained or tested on)
+    fixed_folds: dict = field(default_factory=dict)  # fold name -> Fold, instead of folds made from the pool
 
 
 class Fold(NamedTuple):
@@ -65,6 +66,11 @@ class Fold(NamedTuple):
 
 
 PAPER_REPTILE: dict = {}  # the defaults are the paper's (configs/paper.yaml)
+# configs/recommended.yaml's learner settings (its tasks, validation tasks and folder are the plan's)
+RECOMMENDED = {k.replace("-", "_"): v for k, v in
+               yaml.safe_load((ROOT / "mlx_reptilora" / "configs" / "recommended.yaml").read_text()).items()
+               if k not in ("tasks", "valid-tasks", "out")}
+DEFAULTS_TRAIN = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc", "pydoc-name"]
 SECOND_ORDER = {"support": 5, "query": 8, "inner_steps": 3, "inner_lr": 0.1, "inner_optimizer": "sgd", "outer_lr": 1e-3}
 VALIDATE = {"validate": True, "valid_every": 50}
 
@@ -112,6 +118,21 @@ PLANS = {
                    "lora-data": {"systems": "lora", "shots": "20,50", "tune_steps": [7, 21, 63], "tune_shots": [20, 50]},
                    "in-context": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
                                   "batch_size": 16}}),
+    # The README's defaults on a group no start saw: -c recommended as shipped (trained on its six
+    # PyPI tasks, validated on numpy), beside the paper's Reptile with and without the same validation,
+    # and LoRA with its steps tuned on the validation group; tested on WordNet.
+    "defaults": Plan(
+        about="the README's defaults (-c recommended; the paper's Reptile with and without meta-validation) "
+              "against LoRA on a group no start saw",
+        pool=DEFAULTS_TRAIN + ["numpy-doc", "numpy-name", "wordnet-define", "wordnet-name"],
+        hold_out="group",
+        fixed_folds={"wordnet": Fold(DEFAULTS_TRAIN, ["wordnet-define", "wordnet-name"], ["numpy-doc", "numpy-name"])},
+        common={"episodes": 150, "max_length": 512, "eval_every": 10, "checkpoint_every": 10, "keep_checkpoints": 2,
+                "micro_batch": 8, "valid_limit": 32},
+        learners={"recommended": {**RECOMMENDED, "validate": True},
+                  "reptile": PAPER_REPTILE,
+                  "reptile-validated": {**PAPER_REPTILE, **VALIDATE}},
+        baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]}}),
 }
 
 
@@ -135,7 +156,9 @@ def _deadline(args) -> float | None:
 
 def folds(plan: Plan, only: list[str] | None = None) -> dict[str, Fold]:
     """fold name -> Fold(training tasks, held-out tasks, validation tasks)."""
-    if plan.hold_out == "task":
+    if plan.fixed_folds:
+        found = dict(plan.fixed_folds)
+    elif plan.hold_out == "task":
         found = {t: Fold([x for x in plan.pool if x != t], [t], []) for t in plan.pool}
     else:
         from mlx_reptilora.data import tasks
