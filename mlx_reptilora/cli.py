@@ -11,12 +11,6 @@ from typing import Optional
 
 import typer
 
-try:  # typer before it carried its own click raised click's exceptions, which are not TyperExceptions
-    from click import ClickException
-except ImportError:  # typer that carries click needs no click installed
-    ClickException = typer.TyperException
-CLI_ERRORS = (typer.TyperException, ClickException)
-
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -237,7 +231,9 @@ def _main(argv: list[str]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CLI_ERRORS as e:  # click's (typer's own, or click itself): an unknown flag, a missing value, in one line
+    except Exception as e:
+        if not _usage_error(e):
+            raise
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "mlx-reptilora"
         print(f"error: {e.format_message()} (see {where} --help)", file=sys.stderr)
@@ -246,6 +242,13 @@ def _main(argv: list[str]) -> int:
         return _stopped()
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
+def _usage_error(e: Exception) -> bool:
+    """An unknown flag, a missing value: click's exception, as typer raises it. Recognised by what it
+    offers rather than by its class, which moved (click's own; typer's copy of click since 0.2x)."""
+    return type(e).__module__.split(".")[0] in ("click", "typer") and hasattr(e, "format_message") and hasattr(
+        e, "exit_code")
 
 
 def _entry():

@@ -168,7 +168,7 @@ def read_yaml(cls, config_file: str | Path) -> dict:
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name == "lora_parameters" and "rank" in names:
-            values.update(lora_parameters(cls, value, raw, path))
+            values.update(lora_parameters(value, raw, path))
             continue
         name = aliases.get(name, name)
         if name not in names:
@@ -180,11 +180,12 @@ def read_yaml(cls, config_file: str | Path) -> dict:
 
 
 LORA_PARAMETERS = {"rank": "rank", "scale": "alpha", "dropout": "dropout", "keys": "lora_keys"}
+SCALE = "lora_parameters.scale"  # kept until the flags are in: alpha = scale x the rank finally chosen
 
 
-def lora_parameters(cls, block, raw: dict, path) -> dict:
+def lora_parameters(block, raw: dict, path) -> dict:
     """mlx-lm's YAML `lora_parameters: {rank, scale, dropout, keys}` as our options. mlx-lm's scale is
-    the multiplier itself, so alpha = scale x rank."""
+    the multiplier itself (alpha / rank), and a block without keys means every linear layer."""
     if not isinstance(block, dict) or set(map(str, block)) - set(LORA_PARAMETERS):
         raise UserError(f"config file {path}: lora_parameters takes {', '.join(LORA_PARAMETERS)} (mlx-lm's keys)")
     given = {str(k).replace("-", "_") for k in raw}
@@ -192,9 +193,16 @@ def lora_parameters(cls, block, raw: dict, path) -> dict:
     if both:
         raise UserError(f"config file {path}: {both[0]!r} is given both at the top and in lora_parameters")
     out = {LORA_PARAMETERS[k]: v for k, v in block.items() if k != "scale"}
+    out.setdefault("lora_keys", ["all"])
     if "scale" in block:
-        rank = out.get("rank", raw.get("rank", next(f.default for f in fields(cls) if f.name == "rank")))
-        out["alpha"] = coerce(cls, "alpha", block["scale"]) * coerce(cls, "rank", rank)
+        scale = block["scale"]
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            scale = math.nan
+        if isinstance(block["scale"], bool) or not math.isfinite(scale) or scale <= 0:
+            raise UserError(f"config file {path}: lora_parameters.scale must be a number > 0 (got {block['scale']!r})")
+        out[SCALE] = scale
     return out
 
 
@@ -202,6 +210,10 @@ def build(cls, config_file: str | Path | None = None, **flags):
     """A checked instance of `cls`: defaults < YAML < flags (a flag of None was not given)."""
     values = read_yaml(cls, config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
+    scale = values.pop(SCALE, None)
+    if scale is not None and flags.get("alpha") is None:  # mlx-lm's scale, at the rank the flags leave
+        rank = coerce(cls, "rank", values.get("rank", next(f.default for f in fields(cls) if f.name == "rank")))
+        values["alpha"] = scale * rank
     cfg = cls(**{k: coerce(cls, k, v) for k, v in values.items()})
     check(cfg)
     return cfg

@@ -32,7 +32,7 @@ class Progress:
         """Where a resumed loop starts: the rate and eta count only what is done from there."""
         self._start = done
         self.bar.reset()  # restarts tqdm's clock
-        self.bar.n = self.bar.initial = done
+        self.bar.n = self.bar.initial = self.bar.last_print_n = done  # done before this run: not its rate
         self.bar.refresh()
         self.t0 = time.perf_counter()
 

@@ -27,6 +27,14 @@ def test_defaults_are_the_papers():
     assert cfg.keys == ["self_attn.q_proj", "self_attn.v_proj"]
 
 
+def test_all_keys_is_every_linear_layer_as_in_mlx_lm(tiny):
+    cfg = adapters.LoraOptions(lora_keys=["all"], rank=2).lora()
+    adapters.attach(tiny.model, cfg)
+    assert cfg.keys == sorted(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"])
+    assert len(adapters.get_weights(tiny.model)) == 2 * 7 * 2  # 2 layers x 7 modules x (A, B)
+
+
 def test_standard_start_equals_base(tiny):
     before = tiny.model(IDS)
     adapters.attach(tiny.model, adapters.LoraConfig())

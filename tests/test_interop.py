@@ -131,6 +131,14 @@ def test_our_starts_export_with_their_base(tiny_dir, tmp_path, capsys):
     assert code == 0, err
     base = json.loads((tmp_path / "p" / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base == str(tiny_dir.resolve())
+    # back through import-peft, the base is still known; a model card never names a local path as base_model
+    assert run_cli(capsys, "import-peft", tmp_path / "p", tmp_path / "back")[0] == 0
+    code, _, err = run_cli(capsys, "export-peft", tmp_path / "back", tmp_path / "p2")
+    assert code == 0, err
+    assert json.loads((tmp_path / "p2" / "adapter_config.json").read_text())["base_model_name_or_path"] == base
+    from mlx_reptilora.model import hub
+
+    assert "base_model:" not in hub.model_card(tmp_path / "a", "me/x").split("---")[1]
 
 
 def test_mlx_lm_yaml_spellings(tiny_dir, tmp_path, capsys):
@@ -145,6 +153,13 @@ def test_mlx_lm_yaml_spellings(tiny_dir, tmp_path, capsys):
     cfg = options.build(AdaptConfig, y)
     assert (cfg.rank, cfg.alpha, cfg.dropout, cfg.lora_keys) == (4, 10.0, 0.0, ["self_attn.q_proj"])
     assert (cfg.lora_layers, cfg.max_length, cfg.task) == (1, 100, "aclsum-title")
+    # mlx-lm's scale stays the multiplier when a flag changes the rank; no keys: every linear layer
+    y.write_text("lora_parameters: {rank: 4, scale: 2.5}\n")
+    cfg = options.build(AdaptConfig, y, task="t", shots="1", rank="8")
+    assert (cfg.rank, cfg.alpha, cfg.lora_keys, cfg.lora().keys) == (8, 20.0, ["all"], None)
+    y.write_text("lora_parameters: {rank: 4, scale: null}\n")
+    with pytest.raises(options.UserError, match="lora_parameters.scale must be a number > 0"):
+        options.build(AdaptConfig, y)
     y.write_text("lora_parameters: {rank: 4, alpha: 8}\n")
     with pytest.raises(options.UserError, match="lora_parameters takes rank, scale, dropout, keys"):
         options.build(AdaptConfig, y)

@@ -83,16 +83,20 @@ def test_adapt_uses_the_recipe_of_the_nearest_validated_shot_count(run, model, t
         code, out, err = cli("adapt", *model, "--adapters", run, "--task", "pydoc-name", "--shots", shots,
                              "--max-length", "64", "--out", tmp_path / f"a{shots}")
         assert code == 0, err
-        assert "(meta-validation at episode" in out and f"({validated} shots)" in out, out
+        assert "(meta-validation at episode" in out and f"({validated} shot{'s' * (validated != 1)})" in out, out
         assert ("the nearest validated count" in out) == (shots != validated)
         adapted = json.loads((tmp_path / f"a{shots}" / "adapter_config.json").read_text())
         assert adapted["steps"] == by_shots[str(validated)]["steps"]
 
 
-def test_the_nearest_count_and_its_ties():
-    from mlx_reptilora.meta.recipe import nearest
+def test_the_nearest_count_and_its_ties(tmp_path):
+    from mlx_reptilora.meta import recipe as recipes
 
-    assert [nearest([1, 5], k) for k in (1, 2, 3, 4, 5, 20)] == [1, 1, 1, 5, 5, 5]  # 3: a tie, the smaller
+    assert [recipes.nearest([1, 5], k) for k in (1, 2, 3, 4, 5, 20)] == [1, 1, 1, 5, 5, 5]  # 3: a tie, the smaller
+    for damaged in ("[]", '{"learner": "x", "by_shots": [1]}', "{"):
+        (tmp_path / recipes.RECIPE).write_text(damaged)
+        with pytest.raises(train.UserError, match="is damaged"):
+            recipes.read(tmp_path, shots=1)
 
 
 def test_a_shot_count_where_adapting_scores_lower_keeps_the_start_as_it_is():

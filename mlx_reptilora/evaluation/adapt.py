@@ -101,6 +101,24 @@ def shots_of(base: models.Base, task: tasks.Task, k: int, seed: int, max_length:
     return episodes.draw_shots(train, k, seed, task.name)
 
 
+class Loops:
+    """One inner loop per (optimizer, lr) over one model, its config `config(recipe, **over)`: a
+    loop's compiled step serves every number of steps (adapt_with passes them). The first loop
+    measures an automatic micro-batch unless `micro_batch` is given; the others take the same."""
+
+    def __init__(self, model, config, buckets: list[int], rows: int = 1, say=None, micro_batch: int | None = None):
+        self.model, self.config, self.buckets, self.rows, self.say = model, config, buckets, rows, say
+        self.micro_batch, self.loops = micro_batch, {}
+
+    def __call__(self, plan: recipes.Recipe) -> InnerLoop:
+        key = (plan.optimizer, plan.lr)
+        if key not in self.loops:
+            over = {} if self.micro_batch is None else {"micro_batch": self.micro_batch}
+            self.loops[key] = InnerLoop(self.model, self.config(plan, **over), self.buckets, rows=self.rows, say=self.say)
+            self.micro_batch = self.loops[key].cfg.micro_batch
+        return self.loops[key]
+
+
 def adapt_with(inner: InnerLoop, shots, plan: recipes.Recipe, steps: int | None = None) -> list[float]:
     """`steps` (the plan's by default) of the plan's inner loop from the adapters in the model."""
     steps = plan.steps if steps is None else steps
@@ -192,8 +210,9 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe) -> Path:
     lora = start(base, cfg)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters) if cfg.adapters else 'the standard LoRA start (B = 0)'}")
-        nearest = (f"; the start's recipe for {plan.shots} shots, the nearest validated count to {cfg.shots}"
-                   if plan.shots is not None and plan.shots != cfg.shots else "")
+        nearest = (f"; the start's recipe for {plan.shots} shot{'s' * (plan.shots != 1)}, the nearest validated "
+                   f"count to {cfg.shots}"
+                   if cfg.shots and plan.shots is not None and plan.shots != cfg.shots else "")
         print(f"recipe: {plan.describe()} ({plan.chosen_by}{nearest})")
     shots = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else []
     if shots and not cfg.quiet:

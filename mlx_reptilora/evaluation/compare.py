@@ -14,14 +14,14 @@ from pathlib import Path
 from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
-from ..meta.inner_loop import InnerLoop, bucket_lengths
+from ..meta.inner_loop import bucket_lengths
 from ..model import adapters, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
 from . import evaluate
 from ..meta import recipe as recipes
-from .adapt import AdaptOptions, check_auto, fine_tune
+from .adapt import AdaptOptions, Loops, check_auto, fine_tune
 
 SYSTEMS = ("lora", "meta", "in-context")  # "meta": the meta-learned start, whatever its learner
 ALIASES = {"reptilora": "meta"}  # the name "meta" had when every start was ReptiLoRA's
@@ -99,18 +99,8 @@ def _run(cfg: CompareConfig) -> dict:
     adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
     standard = adapters.get_weights(base.model)
     adapters.check_fit(base.model, meta, cfg.adapters)
-    loops: dict[tuple, InnerLoop] = {}
-
-    def inner(plan: recipes.Recipe) -> InnerLoop:
-        """One inner loop per (optimizer, lr); they all adapt the same model: the first measures an
-        automatic micro-batch, the others take it."""
-        key = (plan.optimizer, plan.lr)
-        if key not in loops:
-            fitted = {"micro_batch": next(iter(loops.values())).cfg.micro_batch} if loops else {}
-            loops[key] = InnerLoop(base.model, cfg.inner(plan, **fitted), bucket_lengths(cfg.max_length),
-                                   rows=max(cfg.shots, default=1), say=None if cfg.quiet else print)
-        return loops[key]
-
+    inner = Loops(base.model, cfg.inner, bucket_lengths(cfg.max_length), rows=max(cfg.shots, default=1),
+                  say=None if cfg.quiet else print)
     for p in plans.values():
         inner(p)
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
@@ -124,7 +114,7 @@ def _run(cfg: CompareConfig) -> dict:
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters)}")
         for (s, k), p in plans.items():
-            print(f"{label(s, start_label)} adapts at {k} shots with: {p.describe()} ({p.chosen_by})")
+            print(f"{label(s, start_label)} adapts at {k} shot{'s' * (k != 1)} with: {p.describe()} ({p.chosen_by})")
     cells = list(_cells(cfg))
     progress = Progress(len(cells), quiet=cfg.quiet)
     rows = []
@@ -178,7 +168,7 @@ def _cell(rows, task, system, k):
 
 
 def markdown_table(rows: list[dict], cfg: CompareConfig, start_label: str = "Meta start") -> str:
-    systems = [s for s in SYSTEMS if s in map(canonical, cfg.systems)]
+    systems = [s for s in SYSTEMS if s in cfg.systems]
     metrics = (("rougeL", "R-L"), ("rouge1", "R-1"), ("rouge2", "R-2"))
     head = "| task | shots | " + " | ".join(f"{label(s, start_label)} {m}" for _, m in metrics for s in systems) + " |"
     lines = [head, "|" + " --- |" * (2 + len(metrics) * len(systems))]
@@ -203,7 +193,7 @@ def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, start_lab
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = [s for s in SYSTEMS if s in map(canonical, cfg.systems)]
+    systems = [s for s in SYSTEMS if s in cfg.systems]
     style = {"lora": dict(color="#4C72B0"), "meta": dict(color="#DD8452", hatch="//", edgecolor="black"),
              "in-context": dict(color="#8C8C8C")}
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)

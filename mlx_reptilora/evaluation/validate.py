@@ -22,9 +22,9 @@ from ..data import episodes, prompts, tasks
 from ..errors import UserError
 from ..meta import recipe as recipes
 from ..meta import train
-from ..meta.inner_loop import InnerLoop, bucket_lengths
+from ..meta.inner_loop import bucket_lengths
 from . import evaluate
-from .adapt import adapt_with
+from .adapt import Loops, adapt_with
 
 
 def grid(cfg: train.MetaTrainConfig, start: recipes.Recipe) -> list[recipes.Recipe]:
@@ -64,19 +64,10 @@ class Validator:
                                                           exs, cfg.max_length) if x is not None],
                 "prompts": prompts.in_context(tok, [], exs, cfg.max_length, t.instruction),
                 "max_new_tokens": evaluate.max_new_tokens(t, tok)}
-        self.loops: dict[tuple, InnerLoop] = {}
-
-    def _loop(self, r: recipes.Recipe) -> InnerLoop:
-        """One inner loop per (optimizer, lr), whatever the steps (adapt_with passes them): its compiled
-        step is reused across validations, and meta-training's own loop (and a carried optimizer's
-        state) is never touched."""
-        k = (r.optimizer, r.lr)
-        if k not in self.loops:
-            c = self.cfg
-            self.loops[k] = InnerLoop(self.s.base.model, c.inner_config(r.steps, r.lr, r.optimizer,
-                                                                        micro_batch=self.s.inner.cfg.micro_batch),
-                                      bucket_lengths(c.max_length))
-        return self.loops[k]
+        # loops of their own, reused across validations: meta-training's loop (and a carried
+        # optimizer's state) is never touched
+        self._loop = Loops(s.base.model, lambda r, **over: cfg.inner_config(r.steps, r.lr, r.optimizer, **over),
+                           bucket_lengths(cfg.max_length), micro_batch=s.inner.cfg.micro_batch)
 
     def __call__(self, theta: dict, start: recipes.Recipe, episode: int) -> dict:
         """{"episode", "valid": {task: {k: {grid point: {loss, rougeL}}}}, and what `choose` makes of them}."""
@@ -124,7 +115,8 @@ def choose(results: dict, points: dict[str, recipes.Recipe], counts: list[int], 
 
     per_count = {k: best([k]) for k in counts}
     recipe = {**chosen(best(counts), counts, f"{', '.join(map(str, counts))} shots"),
-              "by_shots": {str(k): {**chosen(p, [k], f"{k} shots"), "shots": k} for k, p in per_count.items()}}
+              "by_shots": {str(k): {**chosen(p, [k], f"{k} shot{'s' * (k != 1)}"), "shots": k}
+                           for k, p in per_count.items()}}
     return {"means": {str(k): {p: round(mean("rougeL", p, [k]), 3) for p in points} for k in counts},
             "score": round(float(np.mean([mean("rougeL", p, [k]) for k, p in per_count.items()])), 3),
             "loss": round(float(np.mean([mean("loss", p, [k]) for k, p in per_count.items()])), 4),

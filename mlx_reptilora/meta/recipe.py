@@ -76,7 +76,7 @@ def read(folder: str | Path | None, shots: int | None = None) -> Recipe | None:
     path = Path(folder) / RECIPE
     try:
         raw = json.loads(path.read_text())
-        by_shots = {int(k): v for k, v in (raw.get("by_shots") or {}).items()}
+        by_shots = _by_shots(raw)
         if shots is not None and by_shots:
             raw = {**by_shots[nearest(by_shots, shots)], "shots": nearest(by_shots, shots)}
         recipe = Recipe(**{k: raw[k] for k in ("learner", "optimizer", "steps", "lr")},
@@ -84,18 +84,24 @@ def read(folder: str | Path | None, shots: int | None = None) -> Recipe | None:
                         auto=bool(raw.get("auto", False)), scale=float(raw.get("scale", 1.0)), shots=raw.get("shots"))
         if recipe.learned_lr:
             recipe.rates = mx.load(str(Path(folder) / LEARNED))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise UserError(f"the recipe of {folder} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
     return recipe
 
 
+def _by_shots(raw) -> dict[int, dict]:
+    """{shot count: recipe dict} of a recipe.json's contents; a malformed one raises TypeError."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("by_shots") or {}, dict):
+        raise TypeError("not a recipe object with a by_shots mapping")
+    return {int(k): v for k, v in (raw.get("by_shots") or {}).items()}
+
+
 def shot_counts(folder: str | Path | None) -> list[int]:
     """The shot counts a start's recipes were validated at ([] when it has no per-count recipes)."""
-    try:
-        raw = json.loads((Path(folder) / RECIPE).read_text()) if folder else {}
-        return sorted(int(k) for k in (raw.get("by_shots") or {}))
-    except (OSError, ValueError, TypeError, AttributeError):
+    if not folder or not (Path(folder) / RECIPE).exists():
         return []
+    read(folder)  # a damaged file is one line, here as everywhere
+    return sorted(_by_shots(json.loads((Path(folder) / RECIPE).read_text())))
 
 
 def of(learner) -> Recipe:

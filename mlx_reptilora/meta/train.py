@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
@@ -202,7 +202,9 @@ def _check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
     old = read_meta(out)["config"]
     old.setdefault("learner", "reptile")  # runs from before learners existed
     now = options.to_dict(cfg)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k in old and old[k] != now[k])
+    # without validation its settings are unused: a changed default of one must not block the resume
+    unused = {f.name for f in fields(ValidOptions)} if not old.get("valid_tasks") and not cfg.valid_tasks else set()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES | unused and k in old and old[k] != now[k])
     if changed:
         raise UserError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
     if cfg.meta_lr_final is not None and old.get("episodes") != cfg.episodes:

@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from ..errors import UserError
 from ..options import option
 from ..paths import atomic_write, atomic_write_text
+from . import models
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
@@ -53,11 +54,13 @@ class LoraOptions:
     rank: int = option(16, "LoRA rank r", min=1)
     alpha: float = option(32.0, "LoRA alpha; the update is scaled by alpha / rank", gt=0)
     dropout: float = option(0.1, "dropout on the LoRA branch", min=0, lt=1)
-    lora_keys: list[str] = option(["self_attn.q_proj", "self_attn.v_proj"], "module paths inside each block that get LoRA")
+    lora_keys: list[str] = option(["self_attn.q_proj", "self_attn.v_proj"], "module paths inside each block that get "
+                                  "LoRA; all: every linear layer (mlx-lm's default)")
     lora_layers: int = option(-1, "LoRA on the last N layers; -1 = all", min=-1, aliases=("--num-layers",))
 
     def lora(self) -> LoraConfig:
-        return LoraConfig(self.rank, self.alpha, self.dropout, list(self.lora_keys), self.lora_layers)
+        keys = None if self.lora_keys == ["all"] else list(self.lora_keys)  # None: mlx-lm picks every linear layer
+        return LoraConfig(self.rank, self.alpha, self.dropout, keys, self.lora_layers)
 
 
 def attach(model: nn.Module, cfg: LoraConfig, seed: int = 0) -> nn.Module:
@@ -208,6 +211,8 @@ def to_peft(path: str | Path, out_dir: str | Path, base_model: str | None = None
     anything is written."""
     cfg = read_config(path)
     weights = read_weights(path)
+    if not weights:
+        raise UserError(f"adapters {path}/{WEIGHTS} holds no tensors (nothing written)")
     peft, modules = {}, {}  # modules: layer -> the paths inside the block that carry LoRA
     for name, w in weights.items():
         m = _BLOCK_LORA.match(name)
@@ -230,8 +235,8 @@ def to_peft(path: str | Path, out_dir: str | Path, base_model: str | None = None
         "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
         # PEFT matches a target by name suffix: leaf names when they are unambiguous, else the paths
         "target_modules": sorted(leaves if len(leaves) == len(keys) else keys),
-        # mlx-lm's LoRA covers the last N blocks: from block 0 on, that is all of them
-        "layers_to_transform": None if layers[0] == 0 else layers,
+        # mlx-lm's LoRA covers the last N blocks: 0 to N - 1 without a gap is all of them
+        "layers_to_transform": None if layers == list(range(len(layers))) else layers,
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
     }
@@ -286,4 +291,7 @@ def from_peft(path: str | Path, out_dir: str | Path) -> Path:
         raise UserError(f"{path}: LoRA on layers {sorted(layers)}; mlx-lm needs the last N layers contiguous")
     cfg = LoraConfig(rank=r, alpha=scale_alpha, dropout=float(raw.get("lora_dropout", 0.0)),
                      keys=sorted(keys), num_layers=n)
-    return write(out_dir, weights, cfg, n, {"imported_from": str(path)})
+    base = raw.get("base_model_name_or_path")  # a hub id, or a folder (as export-peft and PEFT write it)
+    is_hub_id = isinstance(base, str) and models.is_repo_id(base) and not Path(base).expanduser().exists()
+    return write(out_dir, weights, cfg, n, {"imported_from": str(path), "base_model": base,
+                                            "base_model_id": base if is_hub_id else None})

@@ -47,8 +47,9 @@ def base_id(name: str | None, path: Path | None = None) -> str | None:
 
 
 def base_of(start: str | Path) -> str | None:
-    """The base model adapters were trained on, as a hub id where known, else its local folder:
-    ours record it (base_model_id, base_model), mlx_lm.lora records what its --model was."""
+    """The base model adapters were trained on: a hub id where one is known, else the absolute path
+    of a local folder that exists here, else None. Ours record base_model_id (None for a local
+    folder) beside base_model as it was given; mlx_lm.lora records its --model as `model`."""
     try:
         config = json.loads((Path(start) / adapters.CONFIG).read_text())
     except (OSError, ValueError):
@@ -57,15 +58,14 @@ def base_of(start: str | Path) -> str | None:
         return None
     if config.get("base_model_id"):
         return config["base_model_id"]
-    for name in (config.get("base_model"), config.get("model")):  # ours, then mlx-lm's
-        if not isinstance(name, str) or not name:
-            continue
-        folder = Path(name).expanduser()
-        if folder.exists():  # a local folder: the hub id `convert` recorded in it, else the folder
-            return base_id(name, folder.resolve()) or str(folder.resolve())
-        if base_id(name):
-            return base_id(name)
-    return None
+    ours = "base_model_id" in config
+    name = config.get("base_model" if ours else "model")
+    if not isinstance(name, str) or not name:
+        return None
+    folder = Path(name).expanduser()
+    if folder.is_dir():  # a local folder: the hub id `convert` recorded in it, else the folder
+        return base_id(name, folder.resolve()) or str(folder.resolve())
+    return None if ours else base_id(name)  # ours: a hub id would be in base_model_id already
 
 
 # -- --adapters REPO_ID ---------------------------------------------------------------------------
@@ -115,6 +115,7 @@ def model_card(start: Path, repo_id: str) -> str:
     meta = json.loads((start / "meta.json").read_text()) if (start / "meta.json").exists() else {}
     settings = meta.get("config", {})
     base = base_of(start)
+    base = None if base and Path(base).is_absolute() else base  # the hub's base_model is a repo id, not a path
     learner = config.get("meta_learned") or "none"
     task_names = list(meta.get("tasks", {})) or settings.get("tasks", [])
     data = ModelCardData(library_name="mlx", base_model=base, datasets=datasets_of(task_names) or None,
@@ -129,7 +130,8 @@ def model_card(start: Path, repo_id: str) -> str:
             ("support / query", f"{settings.get('support')} / {settings.get('query')}" if settings else None),
             ("inner loop", ", ".join(f"{k} {v}" for k, v in (config.get("inner") or {}).items()) or None),
             ("LoRA", f"r {lora.get('rank')}, alpha {config.get('lora_alpha')}, dropout {lora.get('dropout')}, "
-                     f"on {', '.join(lora.get('keys', []))}, last {config.get('num_layers')} layers"),
+                     f"on {', '.join(lora.get('keys') or ['every linear layer'])}, last {config.get('num_layers')} "
+                     f"layers"),
             ("seed", config.get("seed")),
             ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()
                                    if k in ("mlx", "mlx-lm", "mlx-reptilora")) or None)]
