@@ -254,6 +254,18 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_one_before(tiny_dir, tmp_p
     assert r.returncode == 0, r.stderr
 
 
+def test_a_run_from_before_a_validation_default_changed_resumes(tiny_dir, finished):
+    """Without validation, its settings are unused: a run written when --valid-steps defaulted to 1,2
+    resumes under today's default (0,1,2)."""
+    meta = json.loads((finished / "meta.json").read_text())
+    meta["config"]["valid_steps"] = [1.0, 2.0]
+    (finished / "meta.json").write_text(json.dumps(meta))
+    r = cli(*meta_args(tiny_dir, "--resume", episodes=2), "--out", finished)
+    assert r.returncode == 0, r.stderr
+    fails_in_one_line(cli(*meta_args(tiny_dir, "--resume", "--support", "3", episodes=3), "--out", finished),
+                      "different settings than the run in")  # a setting that is used still must match
+
+
 def test_damaged_meta_json_is_one_line(tiny_dir, finished):
     out = finished
     good = (out / "meta.json").read_text()
