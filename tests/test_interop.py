@@ -69,6 +69,12 @@ def test_mlx_lm_lora_adapters_through_adapt_peft_and_back(mlx_lm_folder, tiny_di
     assert code == 0, err
     adapted = adapters.read_weights(tmp_path / "a")
     assert set(adapted) == set(written) and any(not mx.array_equal(adapted[k], written[k]).item() for k in written)
+    # what adapt wrote names the modules mlx-lm picked, and mlx-lm loads it
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_reptilora.model import models
+
+    assert adapters.read_config(tmp_path / "a").keys == sorted({m.split(".", 3)[3] for m in modules})
+    load_adapters(models.load(str(tiny_dir), verbose=False).model, str(tmp_path / "a"))
 
     # export-peft: every tensor, the base recorded, and PEFT's own loaders attach exactly those
     code, out, err = run_cli(capsys, "export-peft", mlx_lm_folder, tmp_path / "peft")

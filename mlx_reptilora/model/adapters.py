@@ -84,7 +84,7 @@ def attach(model: nn.Module, cfg: LoraConfig, seed: int = 0) -> nn.Module:
     mx.random.seed(seed)
     linear_to_lora_layers(model, cfg.num_layers, cfg.mlx_lm_parameters())
     if cfg.keys is None:
-        cfg.keys = sorted({m[1] for m in map(_BLOCK_LORA.match, get_weights(model)) if m})
+        cfg.keys = sorted({m[2] for m in map(_BLOCK_LORA.match, get_weights(model)) if m})
     return model
 
 
