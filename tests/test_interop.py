@@ -163,18 +163,13 @@ def test_mlx_lm_yaml_spellings(tiny_dir, tmp_path, capsys):
     y.write_text("lora_parameters: {rank: 4, scale: 2.5}\n")
     cfg = options.build(AdaptConfig, y, task="t", shots="1", rank="8")
     assert (cfg.rank, cfg.alpha, cfg.lora_keys, cfg.lora().keys) == (8, 20.0, ["all"], None)
-    y.write_text("lora_parameters: {rank: 4, scale: null}\n")
-    with pytest.raises(options.UserError, match="lora_parameters.scale must be a number > 0"):
-        options.build(AdaptConfig, y)
-    y.write_text("lora_parameters: {rank: 4, alpha: 8}\n")
-    with pytest.raises(options.UserError, match="lora_parameters takes rank, scale, dropout, keys"):
-        options.build(AdaptConfig, y)
-    y.write_text("rank: 8\nlora_parameters: {rank: 4}\n")
-    with pytest.raises(options.UserError, match="'rank' is given both at the top and in lora_parameters"):
-        options.build(AdaptConfig, y)
-    y.write_text("max_length: 64\nmax_seq_length: 100\n")
-    with pytest.raises(options.UserError, match="and another spelling of it are both given"):
-        options.build(AdaptConfig, y)
+    for text, message in (("lora_parameters: {rank: 4, scale: null}", "lora_parameters.scale must be a number > 0"),
+                          ("lora_parameters: {rank: 4, alpha: 8}", "lora_parameters takes rank, scale, dropout, keys"),
+                          ("rank: 8\nlora_parameters: {rank: 4}", "'rank' is given both at the top and in lora_parameters"),
+                          ("max_length: 64\nmax_seq_length: 100", "and another spelling of it are both given")):
+        y.write_text(text + "\n")
+        with pytest.raises(options.UserError, match=message):
+            options.build(AdaptConfig, y)
 
 
 def test_help_names_every_alias(capsys):
