@@ -13,8 +13,8 @@ import pytest
 # Offline and private: never touch the user's cache or the network from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# One test file per core (pytest-xdist): OpenBLAS threads of their own would oversubscribe the cores
-# (two files side by side took 13% longer with 2 threads each than with 1). Set before any BLAS loads.
+# One test file per core (pytest-xdist): BLAS threads of their own would oversubscribe the cores and
+# spin against each other. Set before any BLAS loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PyTorch's, for the same reason
 
