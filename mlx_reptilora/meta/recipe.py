@@ -47,11 +47,11 @@ class Recipe:
         return {k: self.scale * v for k, v in self.rates.items()} if self.scale != 1 else self.rates
 
     def describe(self) -> str:
+        if self.steps == 0 and not self.auto:
+            return "0 steps: the start as it is"
         lr = f"learned learning rates ({self.learned_lr})" if self.learned_lr else f"lr {self.lr:g}"
         if self.learned_lr and self.scale != 1:
             lr += f" x {self.scale:g}"
-        if self.steps == 0 and not self.auto:
-            return "0 steps: the start as it is"
         steps = f"0 to {2 * self.steps} steps, chosen on held-out shots" if self.auto else f"{self.steps} steps"
         return f"{self.optimizer}, {steps}, {lr}"
 
@@ -78,7 +78,8 @@ def read(folder: str | Path | None, shots: int | None = None) -> Recipe | None:
         raw = json.loads(path.read_text())
         by_shots = _by_shots(raw)
         if shots is not None and by_shots:
-            raw = {**by_shots[nearest(by_shots, shots)], "shots": nearest(by_shots, shots)}
+            count = nearest(by_shots, shots)
+            raw = {**by_shots[count], "shots": count}
         recipe = Recipe(**{k: raw[k] for k in ("learner", "optimizer", "steps", "lr")},
                         learned_lr=raw.get("learned_lr"), chosen_by=raw.get("chosen_by", "the meta-training settings"),
                         auto=bool(raw.get("auto", False)), scale=float(raw.get("scale", 1.0)), shots=raw.get("shots"))
@@ -94,14 +95,6 @@ def _by_shots(raw) -> dict[int, dict]:
     if not isinstance(raw, dict) or not isinstance(raw.get("by_shots") or {}, dict):
         raise TypeError("not a recipe object with a by_shots mapping")
     return {int(k): v for k, v in (raw.get("by_shots") or {}).items()}
-
-
-def shot_counts(folder: str | Path | None) -> list[int]:
-    """The shot counts a start's recipes were validated at ([] when it has no per-count recipes)."""
-    if not folder or not (Path(folder) / RECIPE).exists():
-        return []
-    read(folder)  # a damaged file is one line, here as everywhere
-    return sorted(_by_shots(json.loads((Path(folder) / RECIPE).read_text())))
 
 
 def of(learner) -> Recipe:

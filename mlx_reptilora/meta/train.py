@@ -405,7 +405,8 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, valida
             "inner": {"optimizer": s.inner.cfg.optimizer, "steps": s.inner.cfg.steps, "lr": s.inner.cfg.lr},
             "base_model": s.base.name, "base_model_id": hub.base_id(s.base.name, s.base.path), "seed": cfg.seed})
         if best:
-            per_count = "; ".join(f"{k} shot(s): {recipe.read(out, k).describe()}" for k in recipe.shot_counts(out))
+            per_count = "; ".join(f"{k} shot(s): {recipe.Recipe(**r).describe()}"
+                                  for k, r in best["recipe"].get("by_shots", {}).items())
             progress.log(f"kept θ after episode {best['episode'] + 1} (mean valid ROUGE-L {best['score']:.2f}); "
                          f"recipes: {per_count}")
         progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
