@@ -76,16 +76,20 @@ def _pages() -> list[dict]:
         # only the man-pages project's own pages: the ones manpages-dev ships (other packages add theirs)
         own = {line.strip() for line in open("/var/lib/dpkg/info/manpages-dev.list", encoding="utf-8")
                if line.startswith("/usr/share/man/man")} if Path("/var/lib/dpkg/info/manpages-dev.list").exists() else None
-        out = []
+        out, seen = [], set()
         for f in files:
             if own is not None and str(f) not in own:
                 continue
+            if f.is_symlink():
+                continue  # another name of a page read under its own name: the same text, a leak across splits
             page = _page(f)
-            if page:
+            if page and page["description"] not in seen:
+                seen.add(page["description"])
                 out.append(page)
         return out
 
-    return common.cached("manpages", [MARKER], build)
+    # "-2": the parse that read symlinked pages again under each alias is not reused
+    return common.cached("manpages-2", [MARKER], build)
 
 
 def summaries() -> dict[str, list[Example]]:
