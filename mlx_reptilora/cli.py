@@ -86,40 +86,45 @@ def push(start: str = typer.Argument(..., help="a meta-learned start (adapters f
 
 
 @app.command("tasks")
-def list_tasks(model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (its tokenizer is used)"),
-               max_length: int = typer.Option(512, help="truncate documents to fit this many tokens"),
+def list_tasks(names: Optional[list[str]] = typer.Argument(None, help="task names or folders to show in full: kind, "  # noqa: B008
+                                                                       "sizes, tokens, warnings, the first example "
+                                                                       "as the model sees it"),
+               model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (its tokenizer is used)"),
+               max_length: int = typer.Option(512, help="truncate inputs to fit this many tokens"),
                include_hub: bool = typer.Option(False, "--hub", help="also try the paper's hub corpora (network)")):
-    """List the tasks: group, split sizes and token statistics, then each one's source and licence."""
-    import numpy as np
+    """List the tasks: group, kind, metric, split sizes and token statistics, then each one's source
+    and licence. With names or folders: what the library sees of each."""
     from mlx_lm.utils import load_tokenizer
 
-    from .data import prompts, tasks
+    from .data import show, tasks
     from .model import models
 
     tokenizer = load_tokenizer(models.resolve(model))
-    typer.echo(f"{'task':<18} {'group':<22} {'train':>6} {'valid':>6} {'test':>6}   doc tokens p50/p95   "
-               f"summary tokens p50/p95   truncated@{max_length}")
-    sources = []
+    if names:
+        for t in tasks.load_many(list(names)):
+            typer.echo("\n".join(show.describe(t, tokenizer, max_length)))
+        return
+    typer.echo(f"{'task':<26} {'group':<22} {'kind':<8} {'metric':<8} {'train':>6} {'valid':>6} {'test':>6}   "
+               f"input tokens p50/p95   target tokens p50/p95   truncated@{max_length}")
+    sources, groups = [], {}
     for name in tasks.available():
         if name not in tasks.OFFLINE_TASKS and not include_hub:
-            typer.echo(f"{name:<18} {'(hub corpus: needs network; list with --hub)'}")
+            typer.echo(f"{name:<26} (hub corpus: needs network; list with --hub)")
             continue
         try:
             task = tasks.load(name)
         except UserError as e:
-            typer.echo(f"{name:<18} unavailable: {e}")
+            typer.echo(f"{name:<26} unavailable: {e}")
             continue
-        sources.append(f"{name:<18} {task.licence or '?':<24} {task.source}")
-        exs = [e for split in task.splits.values() for e in split]
-        doc = np.array([len(x) for x in tokenizer._tokenizer([e.document for e in exs], add_special_tokens=False)["input_ids"]])
-        summ = np.array([len(x) for x in tokenizer._tokenizer([e.summary for e in exs], add_special_tokens=False)["input_ids"]])
-        fmt = prompts.PromptFormat.for_tokenizer(tokenizer, task.instruction)
-        cut = sum(t.truncated for t in prompts.tokenize(fmt, tokenizer, exs, max_length) if t)
-        sizes = [len(task.splits.get(s, [])) for s in tasks.SPLITS]
-        typer.echo(f"{name:<18} {task.group or '-':<22} {sizes[0]:>6} {sizes[1]:>6} {sizes[2]:>6}   "
-                   f"{np.median(doc):>8.0f} / {np.percentile(doc, 95):<8.0f}   "
-                   f"{np.median(summ):>12.0f} / {np.percentile(summ, 95):<8.0f}   {cut:>6}")
-    typer.echo(f"\n{'task':<18} {'licence':<24} source")
+        groups.setdefault(task.group, set()).add(task.kind)
+        sources.append(f"{name:<26} {task.licence or '?':<24} {task.source}")
+        s = show.token_stats(task, tokenizer, max_length)
+        sizes = [len(task.splits.get(x, [])) for x in tasks.SPLITS]
+        typer.echo(f"{name:<26} {task.group or '-':<22} {task.kind:<8} {task.metric:<8} {sizes[0]:>6} {sizes[1]:>6} "
+                   f"{sizes[2]:>6}   {s['input']:>20}   {s['target']:>21}   {s['truncated']:>6}")
+    choice = sum(kinds == {"choice"} for kinds in groups.values())
+    typer.echo(f"\n{len(sources)} tasks in {len(groups)} groups ({choice} of them choice tasks only)")
+    typer.echo(f"\n{'task':<26} {'licence':<24} source")
     for line in sources:
         typer.echo(line)
 
@@ -171,7 +176,7 @@ def _register() -> None:
     _command("adapt", adapt.AdaptConfig, adapt.run,
              "Fine-tune LoRA on k examples of a task, from a meta-learned start or the standard one.")
     _command("evaluate", evaluate.EvalConfig, evaluate.run,
-             "Generate summaries for a task's split and score ROUGE-1/2/L (bootstrap 95% intervals).")
+             "Score a task's split by its metric: ROUGE or exact match of generations, a choice task's accuracy, NLL and ECE, a text task's loss (bootstrap 95% intervals).")
     _command("compare", compare.CompareConfig, compare.run,
              "The paper's table and charts: LoRA vs the meta start vs in-context at 0/1/5 shots.")
     _command("convert", hub.ConvertConfig, hub.convert,

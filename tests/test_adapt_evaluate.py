@@ -80,7 +80,7 @@ def test_in_context_prompt_holds_the_shots(bundled_dir):
     ids = prompts.in_context(tok, shots, exs, 400)
     text = tok.decode(ids[0])
     assert all(len(x) <= 400 for x in ids)
-    assert shots[0].summary in text and shots[1].summary in text
+    assert shots[0].target in text and shots[1].target in text
     assert text.endswith("<|im_start|>assistant\n") and text.count("<|im_start|>user") == 3
 
 
@@ -96,7 +96,7 @@ def test_compare_end_to_end_with_png_chart(tiny_dir, meta_dir, tmp_path):
     one_shot = next(r for r in result["rows"] if r["system"] == "lora" and r["shots"] == 1)
     assert one_shot["n"] == 6 and one_shot["draws"] == 2  # 3 examples x 2 draws, pooled
     table = (tmp_path / "cmp" / "table.md").read_text()
-    assert "Reptile start R-L" in table and "| pydoc | 1 |" in table and "ReptiLoRA" not in table
+    assert "| Reptile start |" in table and "| pydoc | ROUGE-L | 1 |" in table and "ReptiLoRA" not in table
     assert result["start_label"] == "Reptile start"
     for t in cfg.tasks:
         png = (tmp_path / "cmp" / f"{t}.png").read_bytes()

@@ -63,7 +63,7 @@ def test_tasks_lists_offline_tasks_with_stats(bundled_dir, capsys):
     code, out, err = run(capsys, "tasks")
     assert code == 0, err
     row = next(line for line in out.splitlines() if line.startswith("aclsum-title"))
-    assert row.split()[1:5] == ["aclsum", "100", "50", "100"]
+    assert row.split()[1:7] == ["aclsum", "generate", "rouge", "100", "50", "100"]
     assert "pydoc" in out and "xsum" in out
 
 

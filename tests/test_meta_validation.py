@@ -56,7 +56,7 @@ def test_validation_is_logged_and_the_best_theta_and_setting_are_kept(run):
         # the start as it is (scored once: it is the same at every count), the recipe and its 2x steps
         assert set(one) == set(two) == {"0 steps", "1 steps, lr 0.0005", "2 steps, lr 0.0005"}
         assert one["0 steps"] == two["0 steps"] and one["1 steps, lr 0.0005"] != two["1 steps, lr 0.0005"]
-        assert all(set(p) == {"loss", "rougeL"} for p in one.values())
+        assert all(set(p) == {"loss", "score"} for p in one.values())
         for k, chosen in r["recipe"]["by_shots"].items():  # the guard: never below not adapting
             assert chosen["shots"] == int(k)
             assert r["means"][k][key(chosen)] >= r["means"][k]["0 steps"]

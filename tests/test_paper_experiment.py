@@ -69,7 +69,7 @@ def test_report_includes_the_why_probes(tmp_path):
     why = tables.split("## Why: probes")[1]
     assert "| reptilora | lr0.0001 | all-paper-at-250 | 7 | 0.0001 | 24.50 |" in why
     assert "| lora | tuned | standard (B = 0) | 21 | 0.0005 | 21.00 |" in why
-    assert "| pydoc | 5 | 20.00 [19.0, 21.0] | 30.00 [29.0, 31.0] |" in why  # LoRA's protocol (a), the probe's test
+    assert "| pydoc | ROUGE-L | 5 | 20.00 [19.0, 21.0] | 30.00 [29.0, 31.0] |" in why  # LoRA's (a), the probe's test
 
 
 def test_test_and_why_stages_need_the_tuning_choice(tmp_path):

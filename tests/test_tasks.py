@@ -27,17 +27,17 @@ def test_aclsum_sizes_and_split(name):
     assert {s: len(v) for s, v in t.splits.items()} == {"train": 100, "valid": 50, "test": 100}
     ids = {s: {e.id for e in v} for s, v in t.splits.items()}
     assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["valid"])
-    assert all(e.document and e.summary for v in t.splits.values() for e in v)
+    assert all(e.input and e.target for v in t.splits.values() for e in v)
 
 
 def test_aclsum_documents_are_abstract_plus_introduction():
     title = tasks.load("aclsum-title").splits["train"][0]
     challenge = tasks.load("aclsum-challenge").splits["train"][0]
-    assert challenge.document.startswith(title.document)  # abstract first, then the introduction
-    assert len(challenge.document) > len(title.document)
-    assert " ." not in title.document[:200]  # detokenized
+    assert challenge.input.startswith(title.input)  # abstract first, then the introduction
+    assert len(challenge.input) > len(title.input)
+    assert " ." not in title.input[:200]  # detokenized
     abstract_only = tasks.load("aclsum-challenge", tasks.TaskConfig(aclsum_sections=["abstract"]))
-    assert abstract_only.splits["train"][0].document == title.document
+    assert abstract_only.splits["train"][0].input == title.input
 
 
 def test_pydoc_sizes_determinism_and_no_tests(tmp_path):
@@ -51,7 +51,7 @@ def test_pydoc_sizes_determinism_and_no_tests(tmp_path):
     assert 1100 <= total <= 1800
     assert 0.75 <= len(a["train"]) / total <= 0.85
     every = [e for v in a.values() for e in v]
-    assert all(len(e.document.split()) >= 30 and "\n" not in e.summary for e in every)
+    assert all(len(e.input.split()) >= 30 and "\n" not in e.target for e in every)
     # No test packages or test_*.py modules (functions may be named test*, e.g. doctest.testfile).
     assert not any(part.startswith("test") for e in every for part in e.id.split(".")[:-1])
 
@@ -61,7 +61,7 @@ def test_loss_masked_tokens_decode_to_summary_plus_eos(tokenizer, fmt):
         exs = tasks.load(name).splits["valid"][:20]
         for ex, tok in zip(exs, prompts.tokenize(fmt, tokenizer, exs, 512)):
             target = tokenizer.decode(tok.ids[tok.prompt_len:].tolist())
-            assert target == ex.summary + tokenizer.eos_token
+            assert target == ex.target + tokenizer.eos_token
             assert tok.ids[tok.prompt_len - len(fmt.suffix): tok.prompt_len].tolist() == fmt.suffix
 
 
@@ -71,7 +71,7 @@ def test_truncation_cuts_the_document_never_the_summary(tokenizer, fmt):
     assert all(t is not None and len(t.ids) <= 128 for t in toks)
     assert sum(t.truncated for t in toks) > 90  # abstract + introduction is ~900 tokens
     for ex, t in zip(exs, toks):
-        assert tokenizer.decode(t.ids[t.prompt_len:].tolist()) == ex.summary + tokenizer.eos_token
+        assert tokenizer.decode(t.ids[t.prompt_len:].tolist()) == ex.target + tokenizer.eos_token
         assert t.ids[: len(fmt.prefix)].tolist() == fmt.prefix
 
 
@@ -149,11 +149,11 @@ def test_local_folder_jsonl_csv_parquet(tmp_path):
     (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     datasets.Dataset.from_list(rows[:3]).to_csv(str(d / "valid.csv"), index=False)
     datasets.Dataset.from_list(rows[3:]).to_parquet(str(d / "test.parquet"))
-    cfg = tasks.TaskConfig(document_field="text", summary_field="abstract")
-    t = tasks.load(str(d), cfg)
-    assert t.name == "mytask"
+    (d / "task.yaml").write_text("fields: {input: text, target: abstract}\n")
+    t = tasks.load(str(d))
+    assert t.name == "mytask" and t.format == "fields" and t.instruction == ""
     assert [len(t.splits[s]) for s in tasks.SPLITS] == [6, 3, 3]
-    assert t.splits["valid"][1].summary == "summary 1"
+    assert t.splits["valid"][1].target == "summary 1"
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -172,13 +172,19 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("row,message", [
-    ({"document": "a"}, "'summary' is missing"),
-    ({"document": "a", "summary": "  "}, "'summary' is empty"),
-    ({"document": 3, "summary": "b"}, "'document' is empty or not text"),
+    ({"document": "a"}, "rows have keys document: use messages"),
+    ({"document": ["a"], "summary": "b"}, "field 'document' is not text"),
+    ({"input": "a", "output": "b"}, r"name your keys in the folder's task.yaml \(fields"),
 ])
-def test_missing_or_empty_fields(tmp_path, row, message):
+def test_rows_of_no_known_format(tmp_path, row, message):
     with pytest.raises(UserError, match=message):
         tasks.load(_folder(tmp_path, json.dumps(row)))
+
+
+def test_a_file_instead_of_its_folder_is_one_line(tmp_path):
+    path = _folder(tmp_path, json.dumps({"document": "a", "summary": "b"}))
+    with pytest.raises(UserError, match="is a file: give the task's folder"):
+        tasks.load(f"{path}/train.jsonl")
 
 
 def test_non_utf8_file(tmp_path):
@@ -237,13 +243,13 @@ def test_each_new_task_loads_with_its_source_licence_and_disjoint_stable_splits(
     assert sizes["train"] >= 300 and sizes["valid"] >= 30 and sizes["test"] >= 30, sizes
     ids = [{e.id for e in task.splits[s]} for s in tasks.SPLITS]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
-    assert all(e.document.strip() and e.summary.strip() for v in task.splits.values() for e in v)
+    assert all(e.input.strip() and e.target.strip() for v in task.splits.values() for e in v)
     again = tasks.load(name)  # from the cache now
     assert again.splits == task.splits
     if name.endswith("-name"):  # the answer is hidden from the question
         import re
 
-        leaks = sum(bool(re.search(rf"(?<![\w-]){re.escape(e.summary)}(?![\w-])", e.document, re.IGNORECASE))
+        leaks = sum(bool(re.search(rf"(?<![\w-]){re.escape(e.target)}(?![\w-])", e.input, re.IGNORECASE))
                     for e in task.splits["train"])
         assert leaks <= 0.02 * len(task.splits["train"]), leaks
 

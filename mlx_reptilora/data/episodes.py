@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from . import prompts
+from . import hygiene, prompts
 from .tasks import Task
 
 
@@ -20,19 +20,25 @@ from .tasks import Task
 class TokenizedTask:
     name: str
     splits: dict[str, list[prompts.Tokenized]]
-    dropped: int  # examples whose summary alone exceeds max_length
-    truncated: int  # examples whose document was cut to fit
+    dropped: int  # examples whose target alone (or whole chat) exceeds max_length
+    truncated: int  # examples whose input was cut to fit
 
 
 def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat | None, max_length: int,
             splits: tuple[str, ...] = ("train", "valid")) -> TokenizedTask:
-    """Tokenized splits of a task, prompted with its own instruction (`fmt` is reused when it has it)."""
-    if fmt is None or fmt.instruction != task.instruction:
-        fmt = prompts.PromptFormat.for_tokenizer(tokenizer, task.instruction)
+    """Tokenized splits of a task in its own format (`fmt` is reused when it is the task's)."""
+    if fmt is None or fmt.instruction != task.instruction or fmt.text != (task.kind == "text"):
+        fmt = prompts.PromptFormat.for_task(tokenizer, task)
     out, dropped, truncated = {}, 0, 0
     for split in splits:
-        toks = prompts.tokenize(fmt, tokenizer, task.splits.get(split, []), max_length)
-        dropped += sum(t is None for t in toks)
+        exs = task.splits.get(split, [])
+        toks = prompts.tokenize(fmt, tokenizer, exs, max_length)
+        lost = sum(t is None for t in toks)
+        if lost:
+            what = "the chat" if exs[0].messages else "the target"
+            hygiene.say(f"task {task.name}: {lost} of {len(exs)} {split} rows dropped: {what} is longer than "
+                        f"--max-length {max_length}")
+        dropped += lost
         kept = [t for t in toks if t is not None]
         truncated += sum(t.truncated for t in kept)
         out[split] = kept
@@ -56,7 +62,7 @@ class Batch:
     tokens: np.ndarray  # (B, L) int32, padded with 0
     lengths: np.ndarray  # (B,) real tokens per row (0 for a padding row)
     prompt_lens: np.ndarray  # (B,) the loss covers positions prompt_len .. length-1
-    # The loss is computed only where a summary token is predicted: flat (row * L + position)
+    # The loss is computed only where a target token is predicted: flat (row * L + position)
     # indices of those positions, the token each must predict, and 1/0 weights for padding.
     target_index: np.ndarray  # (T,) int32, T a bucket size
     target_ids: np.ndarray  # (T,) int32
@@ -88,8 +94,9 @@ def make_batch(examples: list[prompts.Tokenized], bucket_lengths: list[int], row
     for i, e in enumerate(examples):
         tokens[i, : len(e.ids)] = e.ids
         lengths[i], prompt_lens[i] = len(e.ids), e.prompt_len
-        # Position p predicts token p + 1: summary tokens (and EOS) sit at prompt_len .. len - 1.
-        index.append(i * length + np.arange(e.prompt_len - 1, len(e.ids) - 1))
+        # Position p predicts token p + 1: target tokens (and EOS) sit at prompt_len .. len - 1 (or in spans).
+        for start, end in e.spans or ((e.prompt_len, len(e.ids)),):
+            index.append(i * length + np.arange(start - 1, end - 1))
     index = np.concatenate(index).astype(np.int32)
     t = _bucket(len(index))
     target_index = np.zeros(t, np.int32)

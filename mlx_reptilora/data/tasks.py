@@ -1,36 +1,25 @@
-"""Tasks: named sets of (document, summary) pairs with fixed train / valid / test splits, an
-instruction, and the group of tasks that share their source documents.
+"""Tasks: named sets of (input, target) examples with fixed train / valid / test splits, an
+instruction, a kind (generate, choice or text) and its metric, and the group of tasks that share
+their source documents.
 
 A task name is one of the offline tasks (the pool below), one of the paper's hub corpora (network
-needed), or a path to a local folder of train/valid/test files (JSONL, CSV or Parquet)."""
+needed), or a path to a local folder of train/valid/test files (data/formats.py)."""
 
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from ..errors import UserError
 from ..paths import cache_dir
-from . import corpora
+from . import corpora, formats, hygiene
 from .examples import Example
+from .spec import Offline
 
 SPLITS = ("train", "valid", "test")
 SUMMARIZE = "Summarize the following text in one or two sentences."  # the paper's instruction
-
-
-@dataclass(frozen=True)
-class Offline:
-    """A task of the offline pool: where its data comes from, under which licence, and how to ask."""
-
-    name: str
-    group: str  # tasks of one group share source documents: leave-one-out leaves the group out
-    instruction: str
-    source: str
-    licence: str
-    build: Callable[["TaskConfig"], dict]
 
 
 def _numpy_doc() -> dict[str, list[Example]]:
@@ -83,7 +72,15 @@ def _pool() -> dict[str, Offline]:
                 f"{man_src}: DESCRIPTION (names hidden) -> name", "various free licences (GPL-2+, BSD, ...)",
                 lambda cfg: manpages.names()),
     ]
+    for module in _more_corpora():
+        specs += module.tasks()
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names)), "two offline tasks share a name"
     return {s.name: s for s in specs}
+
+
+def _more_corpora() -> list:
+    return []
 
 
 OFFLINE = _pool()
@@ -94,12 +91,16 @@ DEFAULT_TASKS = ("aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsu
 
 @dataclass
 class Task:
-    name: str
+    name: str  # safe in a file name (a folder's is its label)
     splits: dict[str, list[Example]]
     source: str = ""
     instruction: str = SUMMARIZE
     group: str = ""
     licence: str = ""
+    kind: str = "generate"  # generate | choice | text
+    metric: str = "rouge"  # rouge | exact (generate), accuracy (choice), nll (text)
+    format: str = "document-summary"  # how its rows came: a folder's row format, or "offline", "hub"
+    warnings: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> list[Example]:
         if not self.splits.get(name):
@@ -131,8 +132,6 @@ class TaskConfig:
     train_cap: int = 1000  # the paper's caps per corpus
     valid_cap: int = 300
     test_cap: int = 300
-    document_field: str = "document"  # for local folders
-    summary_field: str = "summary"
     aclsum_sections: list[str] = field(default_factory=lambda: ["abstract", "introduction"])
     hub_corpora: dict = field(default_factory=dict)  # name -> {repo, config, document, summary}
 
@@ -159,73 +158,49 @@ def _load_hub(name: str, spec: HubCorpus, cfg: TaskConfig) -> Task:
                             f"embedded tasks: {', '.join(OFFLINE_TASKS)}") from None
         splits[split] = [Example(d.strip(), s.strip(), f"{name}/{split}/{i}")
                          for i, (d, s) in enumerate(zip(ds[spec.document], ds[spec.summary])) if d and s]
-    return Task(name, splits, f"hub:{spec.repo}")
+    return Task(name, splits, f"hub:{spec.repo}", format="hub")
 
 
-def _read_jsonl(path: Path, cfg: TaskConfig) -> list[Example]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 (bad byte at offset {e.start})") from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-        out.append(_example(row, cfg, f"{path}:{lineno}"))
-    return out
-
-
-def _example(row, cfg: TaskConfig, where: str) -> Example:
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected an object with {cfg.document_field!r} and {cfg.summary_field!r}")
-    for key in (cfg.document_field, cfg.summary_field):
-        value = row.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise UserError(f"{where}: field {key!r} is {'missing' if value is None else 'empty or not text'}")
-    return Example(row[cfg.document_field].strip(), row[cfg.summary_field].strip(), where)
-
-
-def _read_table(path: Path, cfg: TaskConfig) -> list[Example]:
-    import datasets
-
-    kind = {".csv": "csv", ".parquet": "parquet"}[path.suffix]
-    try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    except Exception as e:
-        raise UserError(f"{path}: cannot read as {kind} ({(str(e).splitlines() or [''])[0][:200]})") from None
-    return [_example(row, cfg, f"{path}:{i + 2 if kind == 'csv' else i}") for i, row in enumerate(ds)]
-
-
-_SPLIT_FILES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
-
-
-def _load_folder(path: Path, cfg: TaskConfig) -> Task:
-    splits = {}
-    for split, stems in _SPLIT_FILES.items():
-        files = [path / f"{s}{ext}" for s in stems for ext in (".jsonl", ".csv", ".parquet")]
-        found = [f for f in files if f.exists()]
-        if found:
-            f = found[0]
-            splits[split] = _read_jsonl(f, cfg) if f.suffix == ".jsonl" else _read_table(f, cfg)
-    if not splits:
-        raise UserError(f"task folder {path} has no train/valid/test .jsonl, .csv or .parquet files")
-    return Task(path.name, splits, f"folder:{path}")
+def _load_folder(path: Path) -> Task:
+    cfg, fmt, splits, empty = formats.read_folder(path)
+    kind, metric = formats.kind_of(cfg, fmt, splits, path)
+    if fmt == "messages" and cfg.instruction:
+        raise UserError(f"{path}/task.yaml: a chat carries its own instructions (a system message), not an instruction")
+    name = cfg.name or formats.label(path)
+    task = Task(name, splits, cfg.source or f"folder {path.resolve()}", cfg.instruction, cfg.group or name,
+                cfg.licence, kind, metric, fmt)
+    task.warnings = hygiene.check(name, splits, empty)
+    return task
 
 
 def _load_offline(name: str, cfg: TaskConfig) -> Task:
     spec = OFFLINE[name]
-    return Task(name, spec.build(cfg), spec.source, spec.instruction, spec.group, spec.licence)
+    splits = spec.build(cfg)
+    if spec.choices:  # task-wide options: every row carries them, as a folder's rows do
+        splits = {s: [e._replace(choices=spec.choices) for e in v] for s, v in splits.items()}
+    task = Task(name, splits, spec.source, spec.instruction, spec.group, spec.licence, spec.kind, spec.metric,
+                "offline")
+    task.warnings = hygiene.check(name, splits)
+    return task
+
+
+def group_of(name: str) -> str:
+    """A task's group without loading its data: the pool's, a folder's task.yaml's (else its label),
+    a hub corpus's own."""
+    if name in OFFLINE:
+        return OFFLINE[name].group
+    path = Path(name).expanduser()
+    if path.is_dir():
+        cfg = formats.read_config(path)
+        return cfg.group or cfg.name or formats.label(path)
+    return name
 
 
 def groups(names: list[str]) -> dict[str, list[str]]:
-    """The offline tasks by group, in pool order (a folder or hub task is a group of its own)."""
+    """The tasks by group, in the order given."""
     out: dict[str, list[str]] = {}
     for n in names:
-        out.setdefault(OFFLINE[n].group if n in OFFLINE else n, []).append(n)
+        out.setdefault(group_of(n), []).append(n)
     return out
 
 
@@ -236,16 +211,25 @@ def available(cfg: TaskConfig | None = None) -> list[str]:
 def load(name: str, cfg: TaskConfig | None = None) -> Task:
     cfg = cfg or TaskConfig()
     if name in OFFLINE_TASKS:
-        return _load_offline(name, cfg)
+        return _said(_load_offline(name, cfg))
     table = cfg.hub_table()
     if name in table:
-        return _load_hub(name, table[name], cfg)
+        return _said(_load_hub(name, table[name], cfg))
     path = Path(name).expanduser()
     if path.is_dir():
-        return _load_folder(path, cfg)
+        return _said(_load_folder(path))
+    if path.is_file() and (path.suffix in formats.EXTENSIONS or path.name in formats.CONFIG_FILES):
+        raise UserError(f"{name} is a file: give the task's folder ({path.parent}), which holds its "
+                        f"train/valid/test files")
     close = difflib.get_close_matches(name, available(cfg), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; known tasks: {', '.join(available(cfg))}"
     raise UserError(f"unknown task {name!r} (not a task name or a folder){hint}")
+
+
+def _said(task: Task) -> Task:
+    for line in task.warnings:
+        hygiene.say(line)
+    return task
 
 
 def load_many(names: list[str] | str, cfg: TaskConfig | None = None) -> list[Task]:
@@ -253,4 +237,16 @@ def load_many(names: list[str] | str, cfg: TaskConfig | None = None) -> list[Tas
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
         raise UserError("no tasks given")
-    return [load(n, cfg) for n in names]
+    loaded = [load(n, cfg) for n in names]
+    check_names(names, loaded)
+    return loaded
+
+
+def check_names(given: list[str], loaded: list[Task]) -> None:
+    """Outputs are named after tasks: two tasks of one name would overwrite each other's."""
+    seen: dict[str, str] = {}
+    for arg, t in zip(given, loaded):
+        if t.name in seen and seen[t.name] != arg:
+            raise UserError(f"tasks {seen[t.name]} and {arg} are both named {t.name}: rename a folder, or give "
+                            f"one a name in its task.yaml")
+        seen[t.name] = arg

@@ -79,7 +79,7 @@ class AdaptConfig(models.ModelOptions, adapters.LoraOptions, AdaptOptions):
     adapters: str | None = option(None, "the start: a meta-learned (or any mlx-lm LoRA) adapters folder or hub "
                                         "repo id; LoRA options apply only without it",
                                   default_text="the standard LoRA start", aliases=("--adapter-path",))
-    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16,
+    max_length: int = option(512, "max tokens per example; inputs are truncated, targets never", min=16,
                              aliases=("--max-seq-length",))
     seed: int = option(0, "which shots are drawn, and the standard start's A", min=0)
     out: str = option("runs/adapted", "output folder for the adapted adapters")
@@ -96,8 +96,7 @@ def start(base: models.Base, cfg: AdaptConfig) -> adapters.LoraConfig:
 
 
 def shots_of(base: models.Base, task: tasks.Task, k: int, seed: int, max_length: int) -> list[prompts.Tokenized]:
-    fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
-    train = episodes.prepare(task, base.tokenizer, fmt, max_length, splits=("train",)).splits["train"]
+    train = episodes.prepare(task, base.tokenizer, None, max_length, splits=("train",)).splits["train"]
     return episodes.draw_shots(train, k, seed, task.name)
 
 

@@ -1,8 +1,10 @@
 """`mlx-reptilora compare`: the paper's table — LoRA (standard start) vs the meta-learned start vs
-in-context — for a set of tasks at 0/1/5 shots, each k > 0 averaged over several draws of the shots.
+in-context — for a set of tasks at 0/1/5 shots, each k > 0 averaged over several draws of the shots,
+each task scored by its own metric.
 
 The draws of one cell are pooled (every test example once per draw) into one bootstrap estimate,
-so the interval covers both which examples were tested and which shots were drawn.
+so the interval covers both which examples were tested and which shots were drawn. Everything is
+written under --out, named by each task's name (a folder's safe label).
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import options
-from ..data import episodes, prompts, tasks
+from ..data import episodes, tasks
 from ..errors import UserError
 from ..meta.inner_loop import bucket_lengths
 from ..model import adapters, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
-from . import evaluate
+from . import charts, evaluate, metrics
 from ..meta import recipe as recipes
 from .adapt import AdaptOptions, Loops, check_auto, fine_tune
 
@@ -52,7 +54,7 @@ def label(system: str, start_label: str = "Meta start") -> str:
 class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
     adapters: str | None = option(None, "the meta-learned start (adapters folder)", required=True,
                                   aliases=("--adapter-path",))
-    tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated tasks")
+    tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated task names or folders")
     shots: list[int] = option([0, 1, 5], "comma-separated shot counts", min=0)
     draws: int = option(3, "draws of the shots per k > 0, pooled into one interval", min=1)
     systems: list[str] = option(list(SYSTEMS), "which systems to compare (reptilora: meta)",
@@ -65,8 +67,8 @@ class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
         self.systems = list(dict.fromkeys(canonical(s) for s in self.systems))
 
 
-def _cells(cfg: CompareConfig):
-    for name in cfg.tasks:
+def _cells(cfg: CompareConfig, names: list[str]):
+    for name in names:
         for k in cfg.shots:
             for system in cfg.systems:
                 if k == 0 and system == "in-context" and "lora" in cfg.systems:
@@ -86,9 +88,12 @@ def _run(cfg: CompareConfig) -> dict:
     lora = adapters.read_config(cfg.adapters)
     meta = adapters.read_weights(cfg.adapters)
     learner, start_label = adapters.learner_of(cfg.adapters), learner_label(cfg.adapters)
-    loaded = {n: tasks.load(n) for n in cfg.tasks}
+    loaded = {t.name: t for t in tasks.load_many(cfg.tasks)}
     for t in loaded.values():
         evaluate.examples_of(t, cfg.split, cfg.limit)
+        if t.kind == "text" and "in-context" in cfg.systems and any(cfg.shots):
+            raise UserError(f"task {t.name} is a text task: in-context has no answers to show; leave it out of "
+                            f"--systems")
     # The meta start is adapted with its recipe for k shots, LoRA with the defaults; flags override both.
     plans = {(s, k): cfg.plan(recipes.read(cfg.adapters, shots=k) if s == "meta" else None)
              for s in ("meta", "lora") if s in cfg.systems for k in cfg.shots if k}
@@ -103,8 +108,7 @@ def _run(cfg: CompareConfig) -> dict:
                   say=None if cfg.quiet else print)
     for p in plans.values():
         inner(p)
-    fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
-    train = {n: episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, ("train",)).splits["train"]
+    train = {n: episodes.prepare(t, base.tokenizer, None, cfg.max_length, ("train",)).splits["train"]
              for n, t in loaded.items()}
     for n, k in ((n, k) for n in loaded for k in cfg.shots):
         if k > len(train[n]):
@@ -115,12 +119,12 @@ def _run(cfg: CompareConfig) -> dict:
         print(f"start: {adapters.origin(cfg.adapters)}")
         for (s, k), p in plans.items():
             print(f"{label(s, start_label)} adapts at {k} shot{'s' * (k != 1)} with: {p.describe()} ({p.chosen_by})")
-    cells = list(_cells(cfg))
+    cells = list(_cells(cfg, list(loaded)))
     progress = Progress(len(cells), quiet=cfg.quiet)
     rows = []
     for i, (name, k, system) in enumerate(cells):
         task = loaded[name]
-        predictions, references = [], []
+        records = []
         steps = []  # per draw: --steps auto chooses per draw
         for d in range(cfg.draws if k else 1):
             seed = cfg.seed + d
@@ -134,16 +138,15 @@ def _run(cfg: CompareConfig) -> dict:
                                        in_context=k if system == "in-context" else 0,
                                        shots=k, seed=seed, quiet=True)
             result = evaluate.evaluate(base, task, ecfg)
-            predictions += [p["prediction"] for p in result["_predictions"]]
-            references += [p["reference"] for p in result["_predictions"]]
-        row = {"task": name, "system": system, "shots": k, "draws": cfg.draws if k else 1,
-               "n": len(predictions), **evaluate.rouge(predictions, references, cfg.seed),
+            records += [{"draw": d, **p} for p in result["_predictions"]]
+        row = {"task": name, "system": system, "shots": k, "draws": cfg.draws if k else 1, "n": len(records),
+               "kind": task.kind, "metric": task.metric, **metrics.score(task.metric, records, cfg.seed),
                **({"steps": steps} if steps else {})}
         rows.append(row)
         (out / "predictions").mkdir(exist_ok=True)
         atomic_write_text(out / "predictions" / f"{name}-{system}-{k}shot.jsonl",
-            "".join(json.dumps({"prediction": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
-        progress.update(i + 1, f"{name} {label(system, start_label)} {k}-shot: ROUGE-L {row['rougeL']['mid']:.2f}")
+                          "".join(json.dumps(r) + "\n" for r in records))
+        progress.update(i + 1, f"{name} {label(system, start_label)} {k}-shot: {metrics.describe(task.metric, row)}")
     progress.close()
     if "lora" in cfg.systems and "in-context" in cfg.systems:
         rows += [{**r, "system": "in-context", "same_as": "lora 0-shot (the base model)"}
@@ -153,11 +156,15 @@ def _run(cfg: CompareConfig) -> dict:
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     table = markdown_table(rows, cfg, start_label)
     atomic_write_text(out / "table.md", table)
-    for name in cfg.tasks:
+    for name, task in loaded.items():
         chart(rows, name, cfg, out / f"{name}.png", start_label)
+        if task.kind == "choice":
+            reliability_chart(rows, name, cfg, out / f"{name}-reliability.png", start_label)
     if not cfg.quiet:
         print(table)
-        print(f"results: {out}/results.json, {out}/table.md, charts {out}/<task>.png")
+        some = next(iter(loaded))
+        print(f"results: {out / 'results.json'}, {out / 'table.md'}, charts {out / some}.png"
+              + (" and the other tasks' beside it" if len(loaded) > 1 else ""))
     return result
 
 
@@ -167,51 +174,63 @@ def _cell(rows, task, system, k):
     return next((r for r in rows if (r["task"], canonical(r["system"]), r["shots"]) == (task, system, k)), None)
 
 
+def _metric(rows: list[dict], task: str) -> str:
+    return next((r.get("metric", "rouge") for r in rows if r["task"] == task), "rouge")  # older rows: ROUGE
+
+
+def _names(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["task"] for r in rows))
+
+
 def markdown_table(rows: list[dict], cfg: CompareConfig, start_label: str = "Meta start") -> str:
+    """One line per task and shot count: each system's headline score on the task's own metric, then
+    the other scores (ROUGE-1/2; a choice task's NLL and ECE)."""
     systems = [s for s in SYSTEMS if s in cfg.systems]
-    metrics = (("rougeL", "R-L"), ("rouge1", "R-1"), ("rouge2", "R-2"))
-    head = "| task | shots | " + " | ".join(f"{label(s, start_label)} {m}" for _, m in metrics for s in systems) + " |"
-    lines = [head, "|" + " --- |" * (2 + len(metrics) * len(systems))]
-    for name in cfg.tasks:
+    head = "| task | metric | shots | " + " | ".join(label(s, start_label) for s in systems) + " |"
+    lines = [head, "|" + " --- |" * (3 + len(systems))]
+    details = []
+    for name in _names(rows):
+        metric = _metric(rows, name)
+        key, what, higher = metrics.HEADLINE[metric]
         for k in cfg.shots:
             cells = []
-            for key, _ in metrics:
-                for s in systems:
-                    r = _cell(rows, name, s, k)
-                    cells.append(f"{r[key]['mid']:.2f} [{r[key]['low']:.1f}, {r[key]['high']:.1f}]" if r else "–")
-            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+            for s in systems:
+                r = _cell(rows, name, s, k)
+                cells.append(f"{r[key]['mid']:.2f} [{r[key]['low']:.1f}, {r[key]['high']:.1f}]" if r else "–")
+                if r and metric in ("rouge", "accuracy") and not r.get("same_as"):
+                    details.append(f"| {name} | {k} | {label(s, start_label)} | {metrics.describe(metric, r)} |")
+            lines.append(f"| {name} | {what}{'' if higher else ' (lower is better)'} | {k} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"ROUGE F x100, bootstrap mean [95% interval]; k > 0: {cfg.draws} draws of the shots pooled; "
+    lines.append(f"Bootstrap mean [95% interval], rates x100; k > 0: {cfg.draws} draws of the shots pooled; "
                  f"split {cfg.split}" + (f", first {cfg.limit} examples" if cfg.limit else "") + ".")
+    if details:
+        lines += ["", "| task | shots | system | all scores |", "| --- | --- | --- | --- |", *details]
     return "\n".join(lines) + "\n"
 
 
+STYLES = {"lora": dict(color="#4C72B0"), "meta": dict(color="#DD8452", hatch="//", edgecolor="black"),
+          "in-context": dict(color="#8C8C8C")}
+
+
 def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, start_label: str = "Meta start") -> None:
-    """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = the meta start, solid = LoRA."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = the meta start, solid = LoRA;
+    the task's own metric."""
     systems = [s for s in SYSTEMS if s in cfg.systems]
-    style = {"lora": dict(color="#4C72B0"), "meta": dict(color="#DD8452", hatch="//", edgecolor="black"),
-             "in-context": dict(color="#8C8C8C")}
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    width = 0.8 / len(systems)
-    for j, s in enumerate(systems):
-        xs, ys, errs = [], [], [[], []]
-        for i, k in enumerate(cfg.shots):
-            r = _cell(rows, task, s, k)
-            if r:
-                xs.append(i + (j - (len(systems) - 1) / 2) * width)
-                ys.append(r["rougeL"]["mid"])
-                errs[0].append(r["rougeL"]["mid"] - r["rougeL"]["low"])
-                errs[1].append(r["rougeL"]["high"] - r["rougeL"]["mid"])
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=label(s, start_label), **style[s])
-    ax.set_xticks(range(len(cfg.shots)), [f"{k}-shot" for k in cfg.shots])
-    ax.set_ylabel("ROUGE-L F (x100)")
-    ax.set_title(task)
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    series = {label(s, start_label): {k: _cell(rows, task, s, k) for k in cfg.shots if _cell(rows, task, s, k)}
+              for s in systems}
+    styles = {label(s, start_label): STYLES[s] for s in systems}
+    charts.bars(path, task, _metric(rows, task), cfg.shots, series, styles)
+
+
+def reliability_chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, start_label: str = "Meta start") -> None:
+    """A choice task's reliability diagram: the base model (0 shots) and each system at the most shots."""
+    k = max(cfg.shots)
+    series = {}
+    base = _cell(rows, task, "lora", 0) or _cell(rows, task, "in-context", 0)
+    if base:
+        series["base model, 0-shot"] = base
+    for s in (s for s in SYSTEMS if s in cfg.systems):
+        r = _cell(rows, task, s, k)
+        if r and k:
+            series[f"{label(s, start_label)}, {k}-shot"] = r
+    charts.reliability(path, task, series)

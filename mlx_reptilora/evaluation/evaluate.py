@@ -1,5 +1,6 @@
-"""`mlx-reptilora evaluate`: batched greedy summaries for a task's test split, scored with
-rouge-score (ROUGE-1/2/L F, stemming on) as a bootstrap mean with a 95% interval."""
+"""`mlx-reptilora evaluate`: a task's test split scored by its own metric, each a bootstrap mean with
+a 95% interval: batched greedy generations scored by ROUGE-1/2/L or exact match, a choice task's
+options scored by likelihood (accuracy, NLL, ECE), a text task's loss per token."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import numpy as np
 
 from .. import options
 from ..data import episodes, prompts, tasks
+from . import charts, metrics, scoring
 from ..model import adapters, hub, models
 from ..options import option
 from ..errors import UserError
 from ..paths import atomic_write_text, writable_folder
 
-METRICS = ("rouge1", "rouge2", "rougeL")
+METRICS = metrics.ROUGE
+rouge = metrics.rouge
 
 
 SPLITS = ("test", "valid", "train")
@@ -43,8 +46,8 @@ class EvalConfig(models.ModelOptions, EvalOptions):
     task: str | None = option(None, "task name or folder", required=True, aliases=("--data",))
     adapters: str | None = option(None, "adapters folder", default_text="none: the base model",
                                   aliases=("--adapter-path",))
-    max_new_tokens: int | None = option(None, "most tokens generated per summary", min=1,
-                                        default_text="1.5 x the 95th percentile training summary")
+    max_new_tokens: int | None = option(None, "most tokens generated per answer", min=1,
+                                        default_text="1.5 x the 95th percentile training target")
     in_context: int = option(0, "k training examples in the prompt (the in-context baseline)", min=0)
     shots: int | None = option(None, "recorded in the JSON: shots the adapters were tuned on", min=0,
                                default_text="what the adapters record (adapt writes it), else 0")
@@ -56,8 +59,8 @@ class EvalConfig(models.ModelOptions, EvalOptions):
 
 
 def max_new_tokens(task: tasks.Task, tokenizer) -> int:
-    """Room for 1.5x the 95th-percentile training summary, plus EOS."""
-    refs = [e.summary for e in task.splits.get("train") or task.split("valid")]
+    """Room for 1.5x the 95th-percentile training target, plus EOS."""
+    refs = [e.target for e in task.splits.get("train") or task.split("valid")]
     lengths = [len(x) for x in tokenizer._tokenizer(refs, add_special_tokens=False)["input_ids"]]
     return int(math.ceil(1.5 * np.percentile(lengths, 95))) + 1
 
@@ -80,41 +83,48 @@ def generate(base: models.Base, prompt_ids: list[list[int]], max_tokens: int, ba
                    "generated_tokens_per_s": round(n_tokens / seconds, 1)}
 
 
-def rouge(predictions: list[str], references: list[str], seed: int = 0) -> dict:
-    """Bootstrap-aggregated ROUGE F-measures in points (x100): {metric: {low, mid, high}}."""
-    from rouge_score import rouge_scorer, scoring
-
-    scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
-    np.random.seed(seed)  # BootstrapAggregator resamples with numpy's global RNG
-    agg = scoring.BootstrapAggregator()
-    for p, r in zip(predictions, references):
-        agg.add_scores(scorer.score(r, p))
-    result = agg.aggregate()
-    return {m: {"low": 100 * result[m].low.fmeasure, "mid": 100 * result[m].mid.fmeasure,
-                "high": 100 * result[m].high.fmeasure} for m in METRICS}
-
-
 def examples_of(task: tasks.Task, split: str, limit: int | None) -> list[tasks.Example]:
     exs = task.split(split)
     return exs[:limit] if limit else exs
 
 
 def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig) -> list[list[int]]:
+    if cfg.in_context and task.kind == "text":
+        raise UserError(f"--in-context: {task.name} is a text task, with no answers to show as examples")
     shots = (episodes.draw_shots(task.split("train"), cfg.in_context, cfg.seed, task.name, "--in-context")
              if cfg.in_context else [])
     length = cfg.in_context_length or cfg.max_length * (len(shots) + 1)
     return prompts.in_context(base.tokenizer, shots, exs, length, task.instruction)
 
 
+def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig,
+            prompt_ids: list[list[int]] | None = None, max_tokens: int | None = None) -> tuple[list[dict], dict]:
+    """What the model does on `exs`, row by row, in the form the task's metric reads
+    (metrics.score), and the speed: generations, option probabilities or token losses."""
+    t = time.perf_counter()
+    if task.kind == "text":
+        fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
+        seqs = prompts.tokenize(fmt, base.tokenizer, exs, cfg.max_length)
+        return scoring.text_nll(base.model, seqs, cfg.batch_size), {"seconds": round(time.perf_counter() - t, 2)}
+    prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg)
+    if task.kind == "choice":
+        fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
+        out = scoring.choices(base.model, fmt, base.tokenizer, prompt_ids, exs, cfg.batch_size)
+        return out, {"seconds": round(time.perf_counter() - t, 2)}
+    texts, speed = generate(base, prompt_ids, max_tokens or max_new_tokens(task, base.tokenizer), cfg.batch_size)
+    return [{"prediction": p, "reference": e.target} for p, e in zip(texts, exs)], speed
+
+
 def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:
     """Scores for the adapters now in `base.model` (or none)."""
     exs = examples_of(task, cfg.split, cfg.limit)
-    limit = cfg.max_new_tokens or max_new_tokens(task, base.tokenizer)
-    texts, speed = generate(base, prompts_for(base, task, exs, cfg), limit, cfg.batch_size)
-    scores = rouge(texts, [e.summary for e in exs], cfg.bootstrap_seed)
-    return {"task": task.name, "split": cfg.split, "n": len(exs), "shots": cfg.shots, "in_context": cfg.in_context,
-            "seed": cfg.seed, "adapters": cfg.adapters, "max_new_tokens": limit, **scores, "speed": speed,
-            "_predictions": [{"id": e.id, "prediction": t, "reference": e.summary} for e, t in zip(exs, texts)]}
+    limit = (cfg.max_new_tokens or max_new_tokens(task, base.tokenizer)) if task.kind == "generate" else None
+    rows, speed = records(base, task, exs, cfg, max_tokens=limit)
+    scores = metrics.score(task.metric, rows, cfg.bootstrap_seed)
+    return {"task": task.name, "kind": task.kind, "metric": task.metric, "split": cfg.split, "n": len(exs),
+            "shots": cfg.shots, "in_context": cfg.in_context, "seed": cfg.seed, "adapters": cfg.adapters,
+            **({"max_new_tokens": limit} if limit else {}), **scores, "speed": speed,
+            "_predictions": [{"id": e.id, **r} for e, r in zip(exs, rows)]}
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -143,10 +153,13 @@ def run(cfg: EvalConfig) -> dict:
     if pred_path is not None:
         atomic_write_text(pred_path, "".join(json.dumps(p) + "\n" for p in preds))
         result["predictions"] = str(pred_path)
+    if cfg.json and task.kind == "choice":
+        result["reliability_diagram"] = str(Path(cfg.json).with_suffix(".reliability.png"))
+        charts.reliability(Path(result["reliability_diagram"]), task.name, {cfg.adapters or "base model": result})
     if cfg.json:
         atomic_write_text(cfg.json, json.dumps(result, indent=2))
     if not cfg.quiet:
-        print(f"{task.name} ({cfg.split}, n={result['n']}): " + ", ".join(
-            f"{m} {result[m]['mid']:.2f} [{result[m]['low']:.2f}, {result[m]['high']:.2f}]" for m in METRICS)
-            + f"; {result['speed']['generated_tokens_per_s']} generated tok/s")
+        speed = result["speed"].get("generated_tokens_per_s")
+        print(f"{task.name} ({cfg.split}, n={result['n']}): {metrics.describe(task.metric, result)}"
+              + (f"; {speed} generated tok/s" if speed else ""))
     return result

@@ -1,7 +1,8 @@
 """Meta-validation: every --valid-every episodes, the current θ is adapted on k shots of each
 --valid-tasks task (never trained on) with the start's recipe and a small grid around it (steps x
 learning-rate scale, and 0 steps: the start as it is), and scored on the task's valid split: query
-loss and ROUGE-L of greedy summaries. For each shot count the best grid point becomes that count's
+loss and the task's own headline score (ROUGE-L or exact match of greedy generations, a choice
+task's accuracy, a text task's negative loss). For each shot count the best grid point becomes that count's
 recipe, so a start whose adaptation at k shots scores below no adaptation at all is adapted with 0
 steps at k. meta-train keeps the θ whose per-count best points score highest on average (early
 stopping) and writes their recipes into the start, so `adapt` uses what held-out tasks chose.
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import episodes, prompts, tasks
+from ..data import episodes, hygiene, prompts, tasks
 from ..errors import UserError
 from ..meta import recipe as recipes
 from ..meta import train
 from ..meta.inner_loop import bucket_lengths
-from . import evaluate
+from . import evaluate, metrics
 from .adapt import Loops, adapt_with
 
 
@@ -58,19 +59,20 @@ class Validator:
             train_split = episodes.prepare(t, tok, None, cfg.max_length, ("train",)).splits["train"]
             exs = evaluate.examples_of(t, "valid", cfg.valid_limit)
             self.data[t.name] = {
+                "task": t,
                 "shots": {k: episodes.draw_shots(train_split, k, cfg.seed, t.name, "--valid-shots") for k in cfg.valid_shots},
                 "valid": exs,
-                "tokenized": [x for x in prompts.tokenize(prompts.PromptFormat.for_tokenizer(tok, t.instruction), tok,
+                "tokenized": [x for x in prompts.tokenize(prompts.PromptFormat.for_task(tok, t), tok,
                                                           exs, cfg.max_length) if x is not None],
-                "prompts": prompts.in_context(tok, [], exs, cfg.max_length, t.instruction),
-                "max_new_tokens": evaluate.max_new_tokens(t, tok)}
+                "prompts": None if t.kind == "text" else prompts.in_context(tok, [], exs, cfg.max_length, t.instruction),
+                "max_new_tokens": evaluate.max_new_tokens(t, tok) if t.kind == "generate" else None}
         # loops of their own, reused across validations: meta-training's loop (and a carried
         # optimizer's state) is never touched
         self._loop = Loops(s.base.model, lambda r, **over: cfg.inner_config(r.steps, r.lr, r.optimizer, **over),
                            bucket_lengths(cfg.max_length), micro_batch=s.inner.cfg.micro_batch)
 
     def __call__(self, theta: dict, start: recipes.Recipe, episode: int) -> dict:
-        """{"episode", "valid": {task: {k: {grid point: {loss, rougeL}}}}, and what `choose` makes of them}."""
+        """{"episode", "valid": {task: {k: {grid point: {loss, score}}}}, and what `choose` makes of them}."""
         points = {key(r): r for r in grid(self.cfg, start)}
         results: dict = {}
         for name, d in self.data.items():
@@ -85,30 +87,42 @@ class Validator:
                     inner = self._loop(r)
                     inner.set_weights(theta)
                     adapt_with(inner, shots, r)
-                    texts, _ = evaluate.generate(self.s.base, d["prompts"], d["max_new_tokens"], self.cfg.valid_batch_size)
-                    rouge_l = evaluate.rouge(texts, [e.summary for e in d["valid"]])["rougeL"]["mid"]
-                    results[name][k][point] = {"loss": round(inner.loss(d["tokenized"]), 4), "rougeL": round(rouge_l, 3)}
+                    results[name][k][point] = {"loss": round(inner.loss(d["tokenized"]), 4),
+                                               "score": round(self.score(d), 3)}
                     if r.steps == 0:
                         unadapted = results[name][k][point]
         self.s.inner.set_weights(theta)
-        return {"episode": episode, "valid": results,
+        return {"episode": episode, "metrics": {n: d["task"].metric for n, d in self.data.items()}, "valid": results,
                 **choose(results, points, list(self.cfg.valid_shots), f"episode {episode + 1}")}
 
 
+    def score(self, d: dict) -> float:
+        """The task's headline score for the adapters in the model, higher better."""
+        t = d["task"]
+        ecfg = evaluate.EvalConfig(task=t.name, batch_size=self.cfg.valid_batch_size, max_length=self.cfg.max_length)
+        rows, _ = evaluate.records(self.s.base, t, d["valid"], ecfg, d["prompts"], d["max_new_tokens"])
+        return metrics.headline(t.metric, metrics.score(t.metric, rows))
+
+
+def _score(entry: dict) -> float:
+    return entry["score"] if "score" in entry else entry["rougeL"]  # runs from before every metric: ROUGE-L
+
+
 def choose(results: dict, points: dict[str, recipes.Recipe], counts: list[int], when: str) -> dict:
-    """From validation scores ({task: {k: {point: {loss, rougeL}}}}): for each shot count the point
-    with the best ROUGE-L averaged over tasks (ties: the lower mean loss) is that count's recipe; the
+    """From validation scores ({task: {k: {point: {loss, score}}}}): for each shot count the point
+    with the best score averaged over tasks (ties: the lower mean loss) is that count's recipe; the
     score and loss average those best points over the counts; the top-level recipe is the best single
     point over every count. {"means", "score", "loss", "recipe"}."""
     def mean(metric: str, p: str, ks) -> float:
-        return float(np.mean([results[n][k][p][metric] for n in results for k in ks]))
+        get = _score if metric == "score" else (lambda e: e[metric])
+        return float(np.mean([get(results[n][k][p]) for n in results for k in ks]))
 
     def best(ks) -> str:
-        return max(points, key=lambda p: (mean("rougeL", p, ks), -mean("loss", p, ks)))
+        return max(points, key=lambda p: (mean("score", p, ks), -mean("loss", p, ks)))
 
     def chosen(p: str, ks, what: str) -> dict:
-        said = (f"meta-validation at {when} on {', '.join(results)} ({what}): mean valid ROUGE-L "
-                f"{mean('rougeL', p, ks):.2f}, best of {len(points)} settings")
+        said = (f"meta-validation at {when} on {', '.join(results)} ({what}): mean valid score "
+                f"{mean('score', p, ks):.2f}, best of {len(points)} settings")
         if points[p].steps == 0:
             said += " (adapting scored lower than the start as it is)"
         return recipes.as_dict(replace(points[p], chosen_by=said))
@@ -117,8 +131,8 @@ def choose(results: dict, points: dict[str, recipes.Recipe], counts: list[int], 
     recipe = {**chosen(best(counts), counts, f"{', '.join(map(str, counts))} shots"),
               "by_shots": {str(k): {**chosen(p, [k], f"{k} shot{'s' * (k != 1)}"), "shots": k}
                            for k, p in per_count.items()}}
-    return {"means": {str(k): {p: round(mean("rougeL", p, [k]), 3) for p in points} for k in counts},
-            "score": round(float(np.mean([mean("rougeL", p, [k]) for k, p in per_count.items()])), 3),
+    return {"means": {str(k): {p: round(mean("score", p, [k]), 3) for p in points} for k in counts},
+            "score": round(float(np.mean([mean("score", p, [k]) for k, p in per_count.items()])), 3),
             "loss": round(float(np.mean([mean("loss", p, [k]) for k, p in per_count.items()])), 4),
             "recipe": recipe}
 
@@ -135,7 +149,10 @@ def check(cfg: train.MetaTrainConfig) -> list[tasks.Task]:
             raise UserError(f"--valid-tasks {names[0]} shares its documents with the training task "
                             f"{trained[group][0]} (group {group}): choose a validation task of another group")
     loaded = tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
+    trained_rows = {t.name: t.splits for t in tasks.load_many(cfg.tasks, tasks.TaskConfig(train_cap=cfg.train_cap))}
     for t in loaded:
+        for line in hygiene.shared_rows(t.name, t.splits, trained_rows):
+            hygiene.say(line)
         t.split("valid")
         if len(t.split("train")) < max(cfg.valid_shots):
             raise UserError(f"--valid-shots {max(cfg.valid_shots)}: {t.name} has {len(t.split('train'))} training examples")

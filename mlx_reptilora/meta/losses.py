@@ -1,7 +1,7 @@
-"""The training loss: cross-entropy on summary tokens only, with logits computed only there.
+"""The training loss: cross-entropy on target tokens only, with logits computed only there.
 
 The LM head of SmolLM2 is 576 x 49,152: projecting every padded position costs about a third of a
-CPU training step. Gathering the hidden states at the B x ~30 summary positions first makes the head
+CPU training step. Gathering the hidden states at the B x ~30 target positions first makes the head
 and the cross-entropy almost free.
 """
 

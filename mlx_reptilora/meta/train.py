@@ -22,7 +22,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from .. import options
-from ..data import episodes, prompts, tasks
+from ..data import episodes, tasks
 from ..errors import UserError
 from ..model import adapters, backend, hub, models
 from ..options import option
@@ -82,13 +82,13 @@ class ValidOptions:
     valid_lr_scales: list[float] = option([1.0, 0.3], "validation grid: multiples of the recipe's learning "
                                                       "rate (or learned rates)", gt=0)
     valid_limit: int = option(32, "valid-split examples scored per validation task", min=1)
-    valid_batch_size: int = option(32, "summaries generated together in validation", min=1)
+    valid_batch_size: int = option(32, "sequences generated or scored together in validation", min=1)
 
 
 @dataclass
 class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, MamlOptions, OuterOptions, ReptileOptions,
                       StepOptions, EpisodeOptions, ValidOptions):
-    max_length: int = option(512, "max tokens per example; documents are truncated, summaries never", min=16,
+    max_length: int = option(512, "max tokens per example; inputs are truncated, targets never", min=16,
                              aliases=("--max-seq-length",))
     train_cap: int = option(1000, "use at most this many training examples per task", min=1)
     seed: int = option(0, "seed of the episodes, dropout and the standard start", min=0)
@@ -167,11 +167,10 @@ def prepare(cfg: MetaTrainConfig, progress: Progress, world: World | None = None
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     lora = cfg.lora()
     adapters.attach(base.model, lora, seed=cfg.seed)
-    fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
-    prepared = [episodes.prepare(t, base.tokenizer, fmt, cfg.max_length, splits=("train",)) for t in loaded]
+    prepared = [episodes.prepare(t, base.tokenizer, None, cfg.max_length, splits=("train",)) for t in loaded]
     for p in prepared:
         progress.log(f"task {p.name}: {len(p.splits['train'])} training examples, {p.truncated} truncated "
-                     f"to --max-length {cfg.max_length}" + (f", {p.dropped} dropped (summary too long)" if p.dropped else ""))
+                     f"to --max-length {cfg.max_length}" + (f", {p.dropped} dropped (target too long)" if p.dropped else ""))
     sampler = episodes.EpisodeSampler(prepared, cfg.support, cfg.query, cfg.task_weights, cfg.seed)
     for name, q in sampler.query_caps.items():
         progress.log(f"task {name}: query capped at {q} (its training split minus --support {cfg.support})")

@@ -1,0 +1,68 @@
+"""Scoring by likelihood instead of generation: a choice row's options, and a text task's tokens.
+
+Each option is scored by the log-likelihood of its tokens (and EOS) after the prompt, divided by
+their number: the per-token normalisation of the multiple-choice literature, so a long option is not
+penalised for its length. The options' probabilities are the softmax of those scores across the
+row's options; the prediction is the most probable one. Every option of every row goes through the
+model in one batched pass (rows of similar length together)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..data import episodes, prompts
+from ..data.examples import Example
+from ..meta.losses import lm_head
+
+
+def log_likelihoods(model, seqs: list[prompts.Tokenized], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence: the summed log-probability of its loss tokens (ids[prompt_len:], or its spans)
+    and how many there are. Dropout off."""
+    model.eval()
+    sums, counts = np.zeros(len(seqs)), np.zeros(len(seqs), int)
+    if not seqs:
+        return sums, counts
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
+    lengths = episodes.buckets(max(len(s.ids) for s in seqs))
+    for at in range(0, len(order), batch_size):
+        rows = order[at: at + batch_size]
+        b = episodes.make_batch([seqs[i] for i in rows], lengths)
+        hidden = model.model(mx.array(b.tokens))
+        hidden = hidden.reshape(-1, hidden.shape[-1])[mx.array(b.target_index)]
+        logits = lm_head(model, hidden).astype(mx.float32)
+        logp = -nn.losses.cross_entropy(logits, mx.array(b.target_ids), reduction="none")
+        logp = np.array(logp * mx.array(b.target_weight))
+        row = b.target_index // b.tokens.shape[1]
+        per_row = np.bincount(row, weights=logp, minlength=len(rows))
+        n = np.bincount(row, weights=b.target_weight, minlength=len(rows))
+        for j, i in enumerate(rows):
+            sums[i], counts[i] = per_row[j], int(n[j])
+    return sums, counts
+
+
+def choices(model, fmt: prompts.PromptFormat, tokenizer, prompt_ids: list[list[int]], exs: list[Example],
+            batch_size: int) -> list[dict]:
+    """Per row: {prediction, reference, probs, answer} (answer: the right option's index)."""
+    seqs = []
+    for p, e in zip(prompt_ids, exs):
+        opts = prompts.options(fmt, tokenizer, p, e.choices)
+        seqs += opts
+    sums, counts = log_likelihoods(model, seqs, batch_size)
+    scores = sums / np.maximum(counts, 1)
+    out, at = [], 0
+    for e in exs:
+        s = scores[at: at + len(e.choices)]
+        at += len(e.choices)
+        probs = np.exp(s - s.max())
+        probs /= probs.sum()
+        out.append({"prediction": e.choices[int(np.argmax(probs))], "reference": e.target,
+                    "probs": [round(float(p), 6) for p in probs], "answer": e.choices.index(e.target)})
+    return out
+
+
+def text_nll(model, seqs: list[prompts.Tokenized], batch_size: int) -> list[dict]:
+    """Per row of a text task: {nll, tokens}, the loss summed over its tokens."""
+    sums, counts = log_likelihoods(model, seqs, batch_size)
+    return [{"nll": float(-s), "tokens": int(c)} for s, c in zip(sums, counts)]
