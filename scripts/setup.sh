@@ -9,7 +9,9 @@ PY=${PYTHON:-python3}
 # Debian packages, where we may install them: a system OpenBLAS (MLX's Linux CPU wheel links a
 # reference BLAS, ~5 GFLOP/s fp32 matmul; mlx_reptilora preloads OpenBLAS instead, ~20x faster) and
 # the corpora of the offline task pool (`mlx-reptilora tasks` lists which task needs which).
-DEBIAN=(libopenblas0-pthread wordnet-base dict-foldoc dict-jargon manpages-dev)
+DEBIAN=(libopenblas0-pthread wordnet-base dict-foldoc dict-jargon manpages-dev media-types
+        dict-vera dict-elements dict-devil dict-gcide)
+for lang in fra spa ita por swe afr cym lat; do DEBIAN+=("dict-freedict-$lang-eng" "dict-freedict-eng-$lang"); done
 if [ "$(uname -s)" = Linux ] && command -v dpkg-query >/dev/null; then
   missing=(); for p in "${DEBIAN[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   SUDO=""; [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && SUDO=sudo; } || true

@@ -80,7 +80,9 @@ def _pool() -> dict[str, Offline]:
 
 
 def _more_corpora() -> list:
-    return []
+    from .corpora import dictd, docstrings, emojis, freedict, gcide, isocodes, mediatypes, sentiment, unicode, wordnet
+
+    return [docstrings, wordnet, dictd, gcide, mediatypes, freedict, isocodes, unicode, sentiment, emojis]
 
 
 OFFLINE = _pool()
