@@ -1,1 +1,1 @@
-"""From a start to a score: k-shot adaptation, ROUGE evaluation, and the side-by-side comparison."""
+"""From a start to a score: k-shot adaptation, evaluation by each task's metric, and the side-by-side comparison."""

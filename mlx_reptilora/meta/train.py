@@ -406,7 +406,7 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, valida
         if best:
             per_count = "; ".join(f"{k} shot(s): {recipe.Recipe(**r).describe()}"
                                   for k, r in best["recipe"].get("by_shots", {}).items())
-            progress.log(f"kept θ after episode {best['episode'] + 1} (mean valid ROUGE-L {best['score']:.2f}); "
+            progress.log(f"kept θ after episode {best['episode'] + 1} (mean valid score {best['score']:.2f}); "
                          f"recipes: {per_count}")
         progress.log(f"meta-learned adapters ({s.learner.name}): {out}/{adapters.WEIGHTS}")
     return out
@@ -423,7 +423,7 @@ def meta_validate(check, theta: dict, s: Setup, episode: int, progress: Progress
                   "theta": dict(theta), "rates": dict(s.learner.learned())}
     record.update(best=improved, valid_seconds=round(time.perf_counter() - t0, 1))
     steps = ", ".join(f"{r['steps']} at {k}" for k, r in record["recipe"]["by_shots"].items())
-    progress.log(f"validation after episode {episode + 1}: mean ROUGE-L {record['score']:.2f} with steps {steps} "
+    progress.log(f"validation after episode {episode + 1}: mean valid score {record['score']:.2f} with steps {steps} "
                  f"shot(s)" + (" (new best)" if improved else
                  f"; the best stays episode {s.best['episode'] + 1} ({s.best['score']:.2f})")
                  + f", {record['valid_seconds']} s")
