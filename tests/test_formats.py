@@ -213,3 +213,9 @@ def test_folder_tasks_everywhere_from_another_directory_write_only_under_out(tin
     assert "| notes | exact match | 1 |" in table
     rows = json.loads((cmp / "results.json").read_text())["rows"]
     assert {r["metric"] for r in rows} == {"accuracy", "nll", "exact"}
+
+
+def test_in_context_on_a_text_task_is_one_line_before_the_model_loads(folders):
+    r = run_cli("evaluate", "--task", folders["text"], "--in-context", "2")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: --in-context: text is a text task, with no answers to show as examples")

@@ -88,9 +88,13 @@ def examples_of(task: tasks.Task, split: str, limit: int | None) -> list[tasks.E
     return exs[:limit] if limit else exs
 
 
-def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig) -> list[list[int]]:
-    if cfg.in_context and task.kind == "text":
+def check_in_context(task: tasks.Task, k: int) -> None:
+    if k and task.kind == "text":
         raise UserError(f"--in-context: {task.name} is a text task, with no answers to show as examples")
+
+
+def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig) -> list[list[int]]:
+    check_in_context(task, cfg.in_context)
     shots = (episodes.draw_shots(task.split("train"), cfg.in_context, cfg.seed, task.name, "--in-context")
              if cfg.in_context else [])
     length = cfg.in_context_length or cfg.max_length * (len(shots) + 1)
@@ -132,6 +136,7 @@ def run(cfg: EvalConfig) -> dict:
     cfg.adapters = hub.adapters_folder(cfg.adapters)
     task = tasks.load(cfg.task)
     examples_of(task, cfg.split, cfg.limit)  # a missing split fails before the model loads
+    check_in_context(task, cfg.in_context)
     pred_path = Path(cfg.predictions or Path(cfg.json).with_suffix(".predictions.jsonl")) if (
         cfg.json or cfg.predictions) else None
     for path, flag in ((cfg.json, "--json"), (pred_path, "--predictions")):
