@@ -119,6 +119,32 @@ def test_task_yaml_and_row_errors_are_one_line(tmp_path):
     assert tasks.load(str(idx)).splits["train"][0].target == "b"
 
 
+def test_what_a_reviewer_found_is_said_in_one_line_or_read_right(tmp_path):
+    import datasets
+
+    numeric = _write(tmp_path / "n", [{"input": "q", "target": 1, "choices": ["1", "2"]}] * 5,
+                     "fields: {input: input, target: target}\n")
+    assert tasks.load(str(numeric)).splits["train"][0].target == "1"  # an option itself, not an index
+    unsafe = _write(tmp_path / "u", [{"prompt": "p", "completion": "c"}] * 5, "name: ../../escape\n")
+    with pytest.raises(UserError, match="name '../../escape': letters, digits"):
+        tasks.load(str(unsafe))
+    partial = _write(tmp_path / "p", [{"input": "q", "target": "a", "choices": ["a", "b"]}, {"input": "r", "target": "a"}] * 3,
+                     "fields: {input: input, target: target}\n")
+    with pytest.raises(UserError, match="a choice task needs options for every row"):
+        tasks.load(str(partial))
+    for roles, message in ((["assistant"], "alternate, user first"), (["user", "bot"], "role is one of")):
+        bad = _write(tmp_path / f"c{len(roles)}", [{"messages": [{"role": r, "content": "x"} for r in roles]}] * 3)
+        with pytest.raises(UserError, match=message):
+            tasks.load(str(bad))
+    csv = tmp_path / "csv"
+    csv.mkdir()
+    datasets.Dataset.from_list([{"q": f"q{i}", "a": None if i == 2 else float(i % 2)} for i in range(6)]).to_csv(
+        str(csv / "train.csv"), index=False)
+    (csv / "task.yaml").write_text("fields: {input: q, target: a}\nchoices: ['0', '1']\n")
+    loaded = tasks.load(str(csv))  # a blank cell is dropped and counted; 1.0 is the option "1"
+    assert len(loaded.splits["train"]) == 5 and {e.target for e in loaded.splits["train"]} == {"0", "1"}
+
+
 def test_expected_calibration_error_on_a_hand_made_case():
     # 0.9 lands in bin (0.867, 0.933]: accuracy 1/2, confidence 0.9 -> |0.5 - 0.9| x 2/4 = 0.2;
     # 0.6 in (0.533, 0.6]: accuracy 1, confidence 0.6 -> |1 - 0.6| x 2/4 = 0.2. ECE = 0.4 = 40 points.
@@ -140,7 +166,7 @@ def test_choice_scoring_matches_an_independent_computation(tiny, folders):
     exs = task.splits["test"][:4]
     fmt = prompts.PromptFormat.for_task(tiny.tokenizer, task)
     prompt_ids = prompts.in_context(tiny.tokenizer, [], exs, 128, task.instruction)
-    got = scoring.choices(tiny.model, fmt, tiny.tokenizer, prompt_ids, exs, batch_size=3)
+    got = scoring.choices(tiny.model, fmt, tiny.tokenizer, exs, batch_size=3, max_length=128)
     for p, e, g in zip(prompt_ids, exs, got):
         means = []
         for option in e.choices:

@@ -16,6 +16,7 @@ source and licence. Without it the prompt is exactly what the row holds.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,12 @@ def read_config(folder: Path) -> FolderConfig:
         raise UserError(f"{path}: choices is a list of at least two options")
     if cfg.choices:
         cfg.choices = [str(c).strip() for c in cfg.choices]
-    if not isinstance(cfg.instruction, str):
-        raise UserError(f"{path}: instruction is text")
+    for key in ("instruction", "group", "source", "licence", "name"):
+        value = getattr(cfg, key)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{path}: {key} is text, not {type(value).__name__}")
+    if cfg.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name):
+        raise UserError(f"{path}: name {cfg.name!r}: letters, digits, '.', '_' and '-' only (outputs are named by it)")
     return cfg
 
 
@@ -113,19 +118,32 @@ def detect(row: dict, cfg: FolderConfig, where: str) -> str:
                     f"or name your keys in the folder's task.yaml (fields: {{input: KEY, target: KEY}})")
 
 
+def _number(value) -> str:
+    """A number as it was written: a CSV column with a blank reads 4 as 4.0."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _text(row: dict, key: str, where: str) -> str | None:
-    """A field's text; None when it is empty (the row is dropped and counted); missing is an error."""
-    if key not in row or row[key] is None:
+    """A field's text; None when it is empty or blank (the row is dropped and counted); a key that
+    no row has is an error."""
+    if key not in row:
         raise UserError(f"{where}: field {key!r} is missing")
     value = row[key]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
+        value = _number(value)
     if not isinstance(value, str):
         raise UserError(f"{where}: field {key!r} is not text")
     return value.strip() or None
 
 
+ROLES = ("system", "user", "assistant")
+
+
 def _messages(row: dict, where: str) -> tuple[dict, ...] | None:
+    if "messages" not in row:
+        raise UserError(f"{where}: field 'messages' is missing (the first row is a chat: every row must be)")
     msgs = row["messages"]
     if isinstance(msgs, str):  # a CSV cell
         try:
@@ -134,11 +152,18 @@ def _messages(row: dict, where: str) -> tuple[dict, ...] | None:
             raise UserError(f"{where}: messages is not a JSON list") from None
     if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
         raise UserError(f"{where}: messages must be a list of {{role, content}}")
-    if not msgs or msgs[-1]["role"] != "assistant":
+    roles = [m["role"] for m in msgs]
+    if any(r not in ROLES for r in roles):
+        raise UserError(f"{where}: a message's role is one of {', '.join(ROLES)}, not {next(r for r in roles if r not in ROLES)!r}")
+    if not msgs or roles[-1] != "assistant":
         raise UserError(f"{where}: a chat's last message must be the assistant's (its target)")
+    turns = [r for r in roles if r != "system"]
+    if turns[0] != "user" or any(a == b for a, b in zip(turns, turns[1:])):
+        raise UserError(f"{where}: a chat's turns alternate, user first, then assistant (roles: {', '.join(roles)})")
     if any(not isinstance(m["content"], str) or not m["content"].strip() for m in msgs):
         return None
-    return tuple({"role": m["role"], "content": m["content"]} for m in msgs)
+    # stripped: a turn's leading space would fall outside the assistant span the template renders
+    return tuple({"role": m["role"], "content": m["content"].strip()} for m in msgs)
 
 
 def example(row, fmt: str, cfg: FolderConfig, where: str) -> Example | None:
@@ -169,13 +194,14 @@ def example(row, fmt: str, cfg: FolderConfig, where: str) -> Example | None:
         if not isinstance(raw, list) or len(raw) < 2:
             raise UserError(f"{where}: {choices_key} must be a list of at least two options")
         choices = [str(c).strip() for c in raw]
-    prompt = row.get(input_key) if input_key in row else None
-    if prompt is None:
-        raise UserError(f"{where}: field {input_key!r} is missing")
     prompt = _text(row, input_key, where)
-    answer = row.get(target_key)
-    if choices and isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
-        answer = choices[answer]  # an answer given as the index of its option
+    if target_key not in row:
+        raise UserError(f"{where}: field {target_key!r} is missing")
+    answer = row[target_key]
+    if choices and isinstance(answer, (int, float)) and not isinstance(answer, bool) and _number(answer) not in choices:
+        if not (float(answer).is_integer() and 0 <= answer < len(choices)):
+            raise UserError(f"{where}: the answer {answer} is neither one of its choices nor an option's index")
+        answer = choices[int(answer)]  # the index of its option
     target = _text({target_key: answer}, target_key, where)
     if prompt is None or target is None:
         return None
@@ -245,8 +271,11 @@ def kind_of(cfg: FolderConfig, fmt: str, splits: dict[str, list[Example]], folde
     """The task's kind and metric: task.yaml's, else what the rows say."""
     has_choices = any(e.choices for v in splits.values() for e in v)
     kind = cfg.kind or ("text" if fmt == "text" else "choice" if has_choices else "generate")
-    if kind == "choice" and not has_choices:
-        raise UserError(f"{folder}: kind choice needs options: a choices list in task.yaml or in every row")
+    if kind == "choice":
+        missing = next((e for v in splits.values() for e in v if not e.choices), None)
+        if missing is not None:
+            raise UserError(f"{missing.id}: a choice task needs options for every row: a choices list in task.yaml "
+                            f"or in each row")
     if kind == "text" and fmt != "text":
         raise UserError(f"{folder}: kind text needs rows of {{\"text\": ...}}")
     if fmt == "text" and kind != "text":

@@ -86,8 +86,11 @@ def _chat_ids(tokenizer, messages, generation: bool) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("chat rows (messages) need a model whose tokenizer has a chat template; this one has none: "
                         "use prompt+completion rows")
-    return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=generation, tokenize=True,
-                                              return_dict=False))
+    try:
+        return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=generation, tokenize=True,
+                                                  return_dict=False))
+    except Exception as e:  # the template's own checks (roles, order), raised as its engine's error
+        raise UserError(f"the model's chat template refuses a chat: {str(e).splitlines()[0][:160]}") from None
 
 
 def chat(tokenizer, messages, max_length: int, with_target: bool = True) -> Tokenized | None:
@@ -102,7 +105,11 @@ def chat(tokenizer, messages, max_length: int, with_target: bool = True) -> Toke
     spans = []
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
-            start = len(_chat_ids(tokenizer, messages[:i], True))
+            before = _chat_ids(tokenizer, messages[:i], True)
+            if ids[: len(before)] != before:  # the loss span is found by where the turn starts
+                raise UserError("the model's chat template renders a conversation's start differently inside the "
+                                "whole conversation: its assistant turns cannot be found; use prompt+completion rows")
+            start = len(before)
             end = len(ids) if i == len(messages) - 1 else len(_chat_ids(tokenizer, messages[: i + 1], False))
             if end > start:
                 spans.append((start, end))
@@ -143,10 +150,17 @@ def tokenize(fmt: PromptFormat, tokenizer, examples: list[Example], max_length: 
     return out
 
 
-def options(fmt: PromptFormat, tokenizer, prompt: list[int], choices: tuple[str, ...]) -> list[Tokenized]:
-    """A choice row's options, each as prompt + option + EOS with the loss on the option: what is
-    scored, and the very sequence training puts the loss on when the option is the answer."""
-    ids = tokenizer._tokenizer(list(choices), add_special_tokens=False)["input_ids"]
+def options(fmt: PromptFormat, tokenizer, example: Example, max_length: int,
+            prompt: list[int] | None = None) -> list[Tokenized]:
+    """A choice row's options, each with the loss on the option and EOS: without `prompt`, the very
+    sequence training puts the loss on when the option is the answer (its input truncated alike);
+    with one (an in-context prompt), that prompt then the option."""
+    if prompt is None:
+        seqs = tokenize(fmt, tokenizer, [example._replace(target=c) for c in example.choices], max_length)
+        if all(t is not None for t in seqs):
+            return seqs
+        prompt = tokenize(fmt, tokenizer, [example], max_length, with_summary=False)[0].ids.tolist()
+    ids = tokenizer._tokenizer(list(example.choices), add_special_tokens=False)["input_ids"]
     return [Tokenized(np.array(prompt + c + [fmt.eos], dtype=np.int32), len(prompt), False) for c in ids]
 
 
@@ -157,8 +171,14 @@ def in_context(tokenizer, shots: list[Example], examples: list[Example], max_len
     and the shots' targets; each is truncated to an equal share, targets never. A chat's shots are
     its earlier conversations, whole."""
     if any(e.messages for e in examples):
-        before = [m for s in shots for m in s.messages]
-        return [_chat_ids(tokenizer, before + list(e.messages[:-1]), True) for e in examples]
+        # the shots' conversations go first, without their system messages: the query's is the one
+        before = [m for s in shots for m in s.messages if m["role"] != "system"]
+        out = []
+        for e in examples:
+            system = [m for m in e.messages[:-1] if m["role"] == "system"]
+            rest = [m for m in e.messages[:-1] if m["role"] != "system"]
+            out.append(_chat_ids(tokenizer, system + before + rest, True))
+        return out
     if not shots:
         fmt = PromptFormat.for_tokenizer(tokenizer, instruction)
         return [t.ids.tolist() for t in tokenize(fmt, tokenizer, examples, max_length, with_summary=False)]
@@ -171,7 +191,8 @@ def in_context(tokenizer, shots: list[Example], examples: list[Example], max_len
         messages.append({"role": "user", "content": content(instruction, slots[-1])})
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:
-        text = "".join(f"{content(instruction, d)}{cue(instruction)} {s}\n\n" for d, s in zip(slots, answers))
+        sep = " " if cue(instruction) else ""  # as training joins the row's prompt and its target
+        text = "".join(f"{content(instruction, d)}{cue(instruction)}{sep}{s}\n\n" for d, s in zip(slots, answers))
         text += f"{content(instruction, slots[-1])}{cue(instruction)}"
     # Split the rendered text into fixed pieces around the slots, in order.
     pieces, rest = [], text

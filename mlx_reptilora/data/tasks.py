@@ -179,7 +179,7 @@ def _load_offline(name: str, cfg: TaskConfig) -> Task:
     spec = OFFLINE[name]
     splits = spec.build(cfg)
     if spec.choices:  # task-wide options: every row carries them, as a folder's rows do
-        splits = {s: [e._replace(choices=spec.choices) for e in v] for s, v in splits.items()}
+        splits = {s: [e if e.choices else e._replace(choices=spec.choices) for e in v] for s, v in splits.items()}
     task = Task(name, splits, spec.source, spec.instruction, spec.group, spec.licence, spec.kind, spec.metric,
                 "offline")
     task.warnings = hygiene.check(name, splits)

@@ -110,11 +110,12 @@ def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: 
         fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
         seqs = prompts.tokenize(fmt, base.tokenizer, exs, cfg.max_length)
         return scoring.text_nll(base.model, seqs, cfg.batch_size), {"seconds": round(time.perf_counter() - t, 2)}
-    prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg)
     if task.kind == "choice":
         fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
-        out = scoring.choices(base.model, fmt, base.tokenizer, prompt_ids, exs, cfg.batch_size)
+        shown = prompts_for(base, task, exs, cfg) if cfg.in_context else None
+        out = scoring.choices(base.model, fmt, base.tokenizer, exs, cfg.batch_size, cfg.max_length, shown)
         return out, {"seconds": round(time.perf_counter() - t, 2)}
+    prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg)
     texts, speed = generate(base, prompt_ids, max_tokens or max_new_tokens(task, base.tokenizer), cfg.batch_size)
     return [{"prediction": p, "reference": e.target} for p, e in zip(texts, exs)], speed
 

@@ -42,13 +42,13 @@ def log_likelihoods(model, seqs: list[prompts.Tokenized], batch_size: int) -> tu
     return sums, counts
 
 
-def choices(model, fmt: prompts.PromptFormat, tokenizer, prompt_ids: list[list[int]], exs: list[Example],
-            batch_size: int) -> list[dict]:
-    """Per row: {prediction, reference, probs, answer} (answer: the right option's index)."""
+def choices(model, fmt: prompts.PromptFormat, tokenizer, exs: list[Example], batch_size: int, max_length: int,
+            prompt_ids: list[list[int]] | None = None) -> list[dict]:
+    """Per row: {prediction, reference, probs, answer} (answer: the right option's index). Without
+    `prompt_ids` (in-context prompts), each option is the sequence training would see."""
     seqs = []
-    for p, e in zip(prompt_ids, exs):
-        opts = prompts.options(fmt, tokenizer, p, e.choices)
-        seqs += opts
+    for i, e in enumerate(exs):
+        seqs += prompts.options(fmt, tokenizer, e, max_length, None if prompt_ids is None else prompt_ids[i])
     sums, counts = log_likelihoods(model, seqs, batch_size)
     scores = sums / np.maximum(counts, 1)
     out, at = [], 0
@@ -58,7 +58,7 @@ def choices(model, fmt: prompts.PromptFormat, tokenizer, prompt_ids: list[list[i
         probs = np.exp(s - s.max())
         probs /= probs.sum()
         out.append({"prediction": e.choices[int(np.argmax(probs))], "reference": e.target,
-                    "probs": [round(float(p), 6) for p in probs], "answer": e.choices.index(e.target)})
+                    "probs": [float(p) for p in probs], "answer": e.choices.index(e.target)})
     return out
 
 

@@ -64,7 +64,7 @@ class Validator:
                 "valid": exs,
                 "tokenized": [x for x in prompts.tokenize(prompts.PromptFormat.for_task(tok, t), tok,
                                                           exs, cfg.max_length) if x is not None],
-                "prompts": None if t.kind == "text" else prompts.in_context(tok, [], exs, cfg.max_length, t.instruction),
+                "prompts": prompts.in_context(tok, [], exs, cfg.max_length, t.instruction) if t.kind == "generate" else None,
                 "max_new_tokens": evaluate.max_new_tokens(t, tok) if t.kind == "generate" else None}
         # loops of their own, reused across validations: meta-training's loop (and a carried
         # optimizer's state) is never touched
