@@ -17,13 +17,26 @@ def _stats(lengths) -> str:
 
 
 def token_stats(task: Task, tokenizer, max_length: int) -> dict:
+    """Token counts of inputs and targets, and how many rows --max-length truncates or drops: from
+    the counts alone, as prompts.tokenize decides (a chat is tokenized whole)."""
     exs = [e for split in task.splits.values() for e in split]
     enc = tokenizer._tokenizer
-    inputs = [len(x) for x in enc([e.input for e in exs], add_special_tokens=False)["input_ids"]] if exs else []
-    targets = [len(x) for x in enc([e.target for e in exs], add_special_tokens=False)["input_ids"]] if exs else []
-    prepared = episodes.prepare(task, tokenizer, None, max_length, tuple(task.splits))
-    return {"input": _stats(inputs), "target": _stats(targets), "truncated": prepared.truncated,
-            "dropped": prepared.dropped}
+    inputs = np.array([len(x) for x in enc([e.input for e in exs], add_special_tokens=False)["input_ids"]] if exs else [])
+    targets = np.array([len(x) for x in enc([e.target for e in exs], add_special_tokens=False)["input_ids"]] if exs else [])
+    if any(e.messages for e in exs):
+        prepared = episodes.prepare(task, tokenizer, None, max_length, tuple(task.splits))
+        truncated, dropped = prepared.truncated, prepared.dropped
+    elif len(exs):
+        fmt = prompts.PromptFormat.for_task(tokenizer, task)
+        if fmt.text:
+            truncated, dropped = int((len(fmt.prefix) + targets + 1 > max_length).sum()), 0
+        else:
+            budget = max_length - len(fmt.prefix) - len(fmt.suffix) - targets - 1
+            dropped = int((budget <= 0).sum())
+            truncated = int(((budget > 0) & (inputs > budget)).sum())
+    else:
+        truncated = dropped = 0
+    return {"input": _stats(inputs), "target": _stats(targets), "truncated": truncated, "dropped": dropped}
 
 
 def rendered(task: Task, tokenizer, max_length: int) -> str:

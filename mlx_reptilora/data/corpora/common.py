@@ -46,8 +46,18 @@ def require(path: Path, what: str, install: str) -> Path:
     return path
 
 
+_read: dict[Path, list[dict]] = {}  # what this process has read: tasks of one corpus share it
+
+
+def _load(path: Path) -> list[dict]:
+    if path not in _read:
+        _read[path] = json.loads(path.read_text())
+    return _read[path]
+
+
 def cached(name: str, sources: list[Path], build: Callable[[], list[dict]]) -> list[dict]:
-    """build() once per version of its source files; later loads read the JSON."""
+    """build() once per version of its source files; later loads read the JSON (once per process:
+    the records are shared, never changed)."""
     portable = os.environ.get(PORTABLE)
     if portable:
         found = [p for p in Path(portable).glob(f"{name}-*.json") if re.fullmatch(rf"{name}-[0-9a-f]{{12}}\.json", p.name)]
@@ -56,12 +66,12 @@ def cached(name: str, sources: list[Path], build: Callable[[], list[dict]]) -> l
             raise UserError(f"{PORTABLE}={portable} holds {what} parsed {name} corpus ({name}-*.json): copy exactly "
                             f"one, from where it is installed (`mlx-reptilora tasks` parses it into "
                             f"~/.cache/mlx-reptilora/tasks)")
-        return json.loads(found[0].read_text())
+        return _load(found[0])
     ident = ":".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources) + f":{FORMAT}"
     path = cache_dir() / "tasks" / f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json"
     if path.exists():
         try:
-            return json.loads(path.read_text())
+            return _load(path)
         except ValueError:
             pass  # a damaged cache is rebuilt
     records = build()
