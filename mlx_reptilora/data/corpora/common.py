@@ -89,5 +89,16 @@ def mask(text: str, names: list[str], placeholder: str = "___") -> str:
     return text
 
 
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def b64(s: str) -> int:
+    """A number of a DICT-protocol .index line (an entry's offset or length in the .dict.dz)."""
+    n = 0
+    for c in s:
+        n = n * 64 + _B64.index(c)
+    return n
+
+
 def words(text: str) -> int:
     return len(text.split())

@@ -26,14 +26,6 @@ from . import common
 
 ROOT = Path("/usr/share/dictd")
 INSTALL = {n: f"apt-get install dict-{n} (Debian/Ubuntu)" for n in ("foldoc", "jargon", "vera", "elements", "devil")}
-_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-def _b64(s: str) -> int:
-    n = 0
-    for c in s:
-        n = n * 64 + _B64.index(c)
-    return n
 
 
 def _clean(text: str) -> str:
@@ -54,7 +46,7 @@ def _entries(name: str) -> list[dict]:
             if len(parts) < 3 or parts[0].startswith("00-database"):
                 continue
             head, offset, length = parts[:3]
-            body = data[_b64(offset):_b64(offset) + _b64(length)].decode("utf-8", "replace")
+            body = data[common.b64(offset):common.b64(offset) + common.b64(length)].decode("utf-8", "replace")
             paragraphs = [p for p in re.split(r"\n\s*\n", body) if p.strip()]
             if len(paragraphs) < 2 or (offset, length) in seen:
                 continue  # a headword line alone, or a second index line of the same entry
@@ -100,7 +92,7 @@ def _read(name: str) -> list[tuple[str, str]]:
         if len(parts) < 3 or re.match(r"00-?database", parts[0]) or tuple(parts[1:3]) in seen:
             continue
         seen.add(tuple(parts[1:3]))
-        raw = data[_b64(parts[1]):_b64(parts[1]) + _b64(parts[2])]
+        raw = data[common.b64(parts[1]):common.b64(parts[1]) + common.b64(parts[2])]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

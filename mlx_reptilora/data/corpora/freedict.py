@@ -32,15 +32,7 @@ from . import common
 ROOT = Path("/usr/share/dictd")
 LANGUAGES = {"fra": "French", "spa": "Spanish", "ita": "Italian", "por": "Portuguese", "swe": "Swedish",
              "afr": "Afrikaans", "cym": "Welsh", "lat": "Latin"}
-_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOTES = re.compile(r"<[^<>]*>|\[[^\[\]]*\]|\([^()]*\)|\{[^{}]*\}")  # <pos, gender>, [domain], (note), {xref}
-
-
-def _b64(s: str) -> int:
-    n = 0
-    for c in s:
-        n = n * 64 + _B64.index(c)
-    return n
 
 
 def _tidy(text: str) -> str:
@@ -81,7 +73,7 @@ def _read(pair: str) -> list[tuple[str, str, str]]:
         if len(parts) < 3 or parts[0].startswith("00") or tuple(parts[1:3]) in seen:
             continue  # the database's own entries; a second index key of one entry
         seen.add(tuple(parts[1:3]))
-        body = text[_b64(parts[1]):_b64(parts[1]) + _b64(parts[2])].decode("utf-8", "replace")
+        body = text[common.b64(parts[1]):common.b64(parts[1]) + common.b64(parts[2])].decode("utf-8", "replace")
         lines = [x.strip() for x in body.split("\n\n")[0].split("\n")]
         out.append((_headword(lines[0]), _first_translation(lines[1:]), " ".join(lines[1:])))
     return out

@@ -136,14 +136,12 @@ def _tokens(text: str) -> str:
 def _parse(path: Path, index: Path) -> list[dict]:
     import gzip
 
-    from .dictd import _b64
-
     data = gzip.open(path).read()
     blocks = set()
     for line in open(index, encoding="utf-8", errors="replace"):
         parts = line.rstrip("\n").split("\t")
         if len(parts) >= 3 and not parts[0].startswith("00"):
-            blocks.add((_b64(parts[1]), _b64(parts[2])))
+            blocks.add((common.b64(parts[1]), common.b64(parts[2])))
     out, words, definitions = [], set(), set()
     for offset, length in sorted(blocks):  # file order: the first entry of a word is its main one
         raw = data[offset:offset + length].decode("utf-8", "replace")
