@@ -222,7 +222,7 @@ def test_each_learner_end_to_end(tiny_dir, tmp_path, how, capsys):
 def test_written_out_attention_is_the_fused_function(heads, kv_heads, length, keys, mask):
     """MAML's Hessian-vector products trace attention written out (the fused CUDA backward cannot be
     differentiated again): it must compute what mx.fast does, for every mask mlx-lm passes."""
-    from mlx_reptilora.meta.inner_loop import _attention
+    from mlx_reptilora.model.graph import attention as _attention
 
     mx.random.seed(0)
     q = mx.random.normal((2, heads, length, 16))

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from mlx_reptilora.data import episodes, prompts, tasks
-from mlx_reptilora.meta import inner_loop, losses, train as meta_train, reptile
-from mlx_reptilora.model import adapters, models
+from mlx_reptilora.meta import losses, train as meta_train, reptile
+from mlx_reptilora.model import adapters, memory, models
 from mlx_reptilora.errors import UserError
 from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 from tests.conftest import assert_close, run_cli
@@ -278,7 +278,7 @@ def test_checkpointed_dropout_differentiates_through_the_forward_masks():
     """With w = 1, d(sum(dropout(x) * w))/dw summed equals the loss only if the backward pass uses
     the forward's dropout masks; a recomputation drawing new masks (mlx-lm's grad_checkpoint with
     dropout) breaks the equality."""
-    from mlx_reptilora.meta.inner_loop import checkpointed_layers
+    from mlx_reptilora.model.graph import checkpointed_layers
 
     class Block(nn.Module):
         def __init__(self):
@@ -337,7 +337,7 @@ def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
     mx.random.seed(7)
     expected = mx.random.uniform(shape=(3,))
     mx.random.seed(7)
-    room = (fixed + 6 * per_row) / inner_loop.FILL  # room for 4 rows, not for 8
+    room = (fixed + 6 * per_row) / memory.FILL  # room for 4 rows, not for 8
     chosen = [inner.fit_micro_batch(32, free=int(f))[0] for f in (0, room, 1e12)]
     assert mx.array_equal(mx.random.uniform(shape=(3,)), expected)  # the probes left the RNG as it was
     assert all(mx.array_equal(theta[k], inner.weights()[k]) for k in theta)  # and the adapters
@@ -346,20 +346,20 @@ def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
     assert inner._probe(2, 128, True) > two  # a Hessian-vector product holds more than a gradient
     # micro_batch None: measured where measures() (a GPU), said once; a CPU takes CPU_MICRO_BATCH
     assert InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=8).cfg.micro_batch == 4
-    monkeypatch.setattr(inner_loop, "measures", lambda: True)
-    monkeypatch.setattr(inner_loop, "free_memory", lambda: int(1e12))
+    monkeypatch.setattr(memory, "measures", lambda: True)
+    monkeypatch.setattr(memory, "free_memory", lambda: int(1e12))
     said = []
     auto = InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=6, say=said.append)
     assert auto.cfg.micro_batch == 8 and len(said) == 1 and said[0].startswith("micro-batch 8 (a step at 128 tokens")
 
 
 def test_a_resumed_run_keeps_the_micro_batch_it_chose(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(inner_loop, "measures", lambda: True)
-    monkeypatch.setattr(inner_loop, "free_memory", lambda: int(1e12))  # room for every row: 4
+    monkeypatch.setattr(memory, "measures", lambda: True)
+    monkeypatch.setattr(memory, "free_memory", lambda: int(1e12))  # room for every row: 4
     meta_train.run(small_cfg(tiny_dir, tmp_path / "a", micro_batch=None, episodes=2))
     meta_train.run(small_cfg(tiny_dir, tmp_path / "b", micro_batch=None, episodes=1))
     assert json.loads((tmp_path / "b" / "meta.json").read_text())["inner"]["micro_batch"] == 4
-    monkeypatch.setattr(inner_loop, "free_memory", lambda: 0)  # a fresh choice would now be 1
+    monkeypatch.setattr(memory, "free_memory", lambda: 0)  # a fresh choice would now be 1
     meta_train.run(small_cfg(tiny_dir, tmp_path / "b", micro_batch=None, episodes=2, resume=True))
     a, b = (mx.load(str(tmp_path / x / "adapters.safetensors")) for x in "ab")
     assert all(mx.array_equal(a[k], b[k]) for k in a)

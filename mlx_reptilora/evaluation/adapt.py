@@ -19,7 +19,8 @@ from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
 from ..meta import recipe as recipes
-from ..meta.inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, StepOptions, bucket_lengths
+from ..meta.inner_config import OPTIMIZERS, InnerConfig, StepOptions, bucket_lengths
+from ..meta.inner_loop import InnerLoop
 from ..model import adapters, hub, models
 from ..options import option
 from ..paths import claimed

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import options
 from ..data import episodes, tasks
 from ..errors import UserError
-from ..meta.inner_loop import bucket_lengths
+from ..meta.inner_config import bucket_lengths
 from ..model import adapters, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed

@@ -23,7 +23,7 @@ from ..data import episodes, hygiene, prompts, tasks
 from ..errors import UserError
 from ..meta import recipe as recipes
 from ..meta import train
-from ..meta.inner_loop import bucket_lengths
+from ..meta.inner_config import bucket_lengths
 from . import evaluate, metrics
 from .adapt import Loops, adapt_with
 

@@ -31,7 +31,8 @@ from ..progress import Progress
 from . import checkpoint, recipe
 from .distributed import RankLost, World
 from .fomaml import FOMAML
-from .inner_loop import OPTIMIZERS, InnerConfig, InnerLoop, NonFiniteLoss, StepOptions, bucket_lengths
+from .inner_config import OPTIMIZERS, InnerConfig, StepOptions, bucket_lengths
+from .inner_loop import InnerLoop, NonFiniteLoss
 from .learner import Learner, OuterOptions
 from .maml import MAML, MamlOptions
 from .metasgd import MetaSGD

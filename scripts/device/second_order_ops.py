@@ -2,7 +2,7 @@
 Hessian-vector products need) on this device: rms_norm, rope, scaled_dot_product_attention, silu,
 cross_entropy, in float32 and bfloat16. On an H200 with MLX 0.32.4 (2026-11-23) two fail: the
 attention in bf16 at query lengths that are multiples of 128 (the cuDNN backward) and
-nn.losses.cross_entropy (mx.fast.cross_entropy on a GPU); meta/inner_loop.py's
+nn.losses.cross_entropy (mx.fast.cross_entropy on a GPU); model/graph.py's
 twice_differentiable() swaps both for the same functions written out.
     python3 scripts/device/second_order_ops.py
 """
