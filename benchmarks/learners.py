@@ -40,11 +40,11 @@ def measure(model, make_cfg, rows, query, steps: int, name: str, settings: dict,
     label = label or name
     learner = train.make_learner(cfg)
     inner = InnerLoop(model, cfg.inner(), [rows[0].ids.size])
-    theta = inner.weights()
+    params = learner.init(inner.weights())
     episode = episodes.Episode(0, "random", rows, query)
 
     def run():
-        mx.eval(learner.step(theta, [episode], inner, 0).theta)
+        mx.eval(learner.step(params, [episode], inner, 0).params)
 
     row = {"learner": label, "steps": steps, "inner_optimizer": cfg.inner_optimizer}
     try:

@@ -134,7 +134,7 @@ def main():
     for _ in range(max(1, args.repeats // 2)):
         step_times.clear()
         t = time.perf_counter()
-        mx.eval(learner.step(theta, [episode], inner, 0).theta)
+        mx.eval(learner.step({"theta": theta}, [episode], inner, 0).params)
         episode_times.append((time.perf_counter() - t, sum(step_times)))
     episode_s, steps_s = min(episode_times, key=lambda e: e[0] / e[1])
     rows = {"mlx_step_s": step_s, "mlx_tok_s": tokens / step_s, "mlx_episode_s": episode_s,

@@ -189,7 +189,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
     learner = train.make_learner(train.MetaTrainConfig(inner_steps=T))
 
     def episode():
-        mx.eval(learner.step(theta, [episodes.Episode(0, "random", rows, [])], inner, 0).theta)
+        mx.eval(learner.step({"theta": theta}, [episodes.Episode(0, "random", rows, [])], inner, 0).params)
 
     r["episode_s"], r["episode_peak_gb"] = with_peak_memory(lambda: median_time(episode, max(1, args.repeats // 2)))
     r["episode_tok_s"] = T * tokens / r["episode_s"]

@@ -45,15 +45,15 @@ def export_peft(adapters: str = typer.Argument(..., help="folder with mlx-lm ada
     LoRA tensor, or one line of refusal. A start's adaptation recipe and learned learning rates go along."""
     import shutil
 
-    from .meta import recipe
-    from .model import adapters as ad, hub
+    from .meta import recipe, start as starts
+    from .model import hub
 
+    start = starts.read(adapters)  # not a start at all: that is the one line to say
     base = base_model or hub.base_of(adapters)
-    if base is None:
-        ad.read_config(adapters)  # not adapters at all: that is the one line to say
+    if base is None and start.is_point:
         raise UserError(f"{adapters} does not record its base model, which PEFT's AutoPeftModel needs: pass "
                         f"--base-model HUB_ID_OR_FOLDER")
-    folder = ad.to_peft(adapters, out, base)
+    folder = start.export_peft(adapters, out, base)
     for name in (recipe.RECIPE, recipe.LEARNED):
         if (Path(adapters) / name).exists():
             shutil.copy2(Path(adapters) / name, folder / name)
@@ -76,9 +76,12 @@ def push(start: str = typer.Argument(..., help="a meta-learned start (adapters f
          dry_run: bool = typer.Option(False, "--dry-run", help="write the folder that would be uploaded; upload nothing"),
          out: Optional[str] = typer.Option(None, help="where the upload folder is written [runs/push/OWNER--NAME]")):
     """Upload a start to the Hugging Face hub: its adapters, a PEFT export (subfolder peft/) and a model card."""
+    from .meta import start as starts
     from .model import hub
 
-    folder = hub.push(start, repo_id, out, private, dry_run)
+    the_start = starts.read(start)  # its arrays finite, or one line
+    export = the_start.export_peft if the_start.is_point else None  # a generator has no one adapter to export
+    folder = hub.push(start, repo_id, out, private, dry_run, export)
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         typer.echo(str(f.relative_to(folder)))
     typer.echo(f"{'would upload' if dry_run else 'uploaded'} {folder} {'to' if not dry_run else 'as'} "
@@ -170,7 +173,7 @@ def _register() -> None:
     from .meta import train
     from .model import hub
 
-    _command("meta-train", train.MetaTrainConfig, validate.meta_train,
+    _command("meta-train", train.MetaTrainConfig, lambda cfg: train.run(cfg, validate.hook),
              "Meta-learn the LoRA start over many tasks (Reptile, FOMAML, MAML, Meta-SGD), meta-validated on "
              "held-out tasks with --valid-tasks.")
     _command("adapt", adapt.AdaptConfig, adapt.run,

@@ -32,10 +32,9 @@ def test_meta_sgd_gradient_of_its_learning_rates_matches_finite_differences(tiny
     learner, inner = learner_and_loop(base.model, "meta-sgd", inner_steps=steps, inner_lr=0.01)
     rng = np.random.default_rng(1)
     alpha = {k: mx.array(0.01 + 0.005 * rng.random(v.shape)).astype(mx.float64) for k, v in theta.items()}
-    learner.rates = dict(alpha)
     mx.random.seed(11)
-    result = learner.task(theta, ep, inner)
-    g_alpha = {k[3:]: v for k, v in result.contribution.items() if k.startswith("lr:")}
+    result = learner.task({"theta": theta, "rates": dict(alpha)}, ep, inner, None, 0)
+    g_alpha = result.contribution["rates"]
     assert set(g_alpha) == set(theta)
 
     def meta_loss(a):  # L_Q(φ_T) with φ_{t+1} = φ_t − α ⊙ ∇L_S(φ_t), written out
@@ -67,24 +66,24 @@ def test_lslr_has_one_rate_per_tensor_and_step_used_in_order(tiny):
     steps = 3
     learner, inner = learner_and_loop(tiny.model, "maml", inner_steps=steps, inner_lr=0.05, lslr=True)
     theta = nudged(tiny.model)
-    rates = learner.learned_rates(theta)
+    rates = learner.init(theta)["rates"]
     assert set(rates) == set(theta) and all(v.shape == (steps,) for v in rates.values())
     assert all(mx.all(v == 0.05).item() for v in rates.values())
     # distinct rates per step and tensor: the trajectory must apply rate[t] at step t
-    learner.rates = {k: mx.array([0.01, 0.2, 0.05]) * (1 + 0.1 * i) for i, k in enumerate(theta)}
-    got = learner.task(theta, ep, inner).adapted
+    rates = {k: mx.array([0.01, 0.2, 0.05]) * (1 + 0.1 * i) for i, k in enumerate(theta)}
+    got = learner.task({"theta": theta, "rates": rates}, ep, inner, None, 0).adapted
     phi = theta
     for t in range(steps):
         inner.set_weights(phi)
         _, g = inner.gradient(ep.support)
-        phi = {k: phi[k] - learner.rates[k][t] * g[k] for k in phi}
+        phi = {k: phi[k] - rates[k][t] * g[k] for k in phi}
     for k in phi:
         assert mx.allclose(got[k], phi[k], rtol=1e-6, atol=1e-9), k
     phi_reversed = theta
     for t in reversed(range(steps)):
         inner.set_weights(phi_reversed)
         _, g = inner.gradient(ep.support)
-        phi_reversed = {k: phi_reversed[k] - learner.rates[k][t] * g[k] for k in phi_reversed}
+        phi_reversed = {k: phi_reversed[k] - rates[k][t] * g[k] for k in phi_reversed}
     assert any(not mx.allclose(got[k], phi_reversed[k], rtol=1e-6, atol=1e-9) for k in phi)
 
 

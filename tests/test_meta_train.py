@@ -25,8 +25,8 @@ from tests.conftest import assert_close, run_cli
 def reptile_step(inner, theta, supports, lr):
     """One Reptile meta-step through the learner interface: (new θ, adapted θ's, losses)."""
     learner = meta_train.make_learner(meta_train.MetaTrainConfig(meta_lr=lr, inner_steps=inner.cfg.steps))
-    r = learner.step(theta, [episodes.Episode(i, "t", s, []) for i, s in enumerate(supports)], inner, 0)
-    return r.theta, r.adapted, r.metrics["inner_losses"]
+    r = learner.step({"theta": theta}, [episodes.Episode(i, "t", s, []) for i, s in enumerate(supports)], inner, 0)
+    return r.params["theta"], r.adapted, r.metrics["inner_losses"]
 
 
 def small_cfg(tiny_dir, out, **kw):

@@ -70,7 +70,7 @@ def test_validation_is_logged_and_the_best_theta_and_setting_are_kept(run):
     # the start is the kept θ: the best group of the last checkpoint
     _, groups = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     kept = mx.load(str(run / "adapters.safetensors"))
-    assert all(mx.array_equal(kept[k], groups["best"][k]).item() for k in groups["best"])
+    assert all(mx.array_equal(kept[k], groups["best"]["theta"][k]).item() for k in groups["best"]["theta"])
 
 
 def key(recipe: dict) -> str:
@@ -137,7 +137,8 @@ def test_validation_leaves_meta_training_unchanged(run, model, tmp_path):
     assert code == 0, err
     _, with_validation = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     _, without = checkpoint.load(checkpoint.latest(out / "checkpoints"))
-    assert all(mx.array_equal(with_validation["theta"][k], without["theta"][k]).item() for k in without["theta"])
+    assert all(mx.array_equal(with_validation["params"]["theta"][k], without["params"]["theta"][k]).item()
+               for k in without["params"]["theta"])
     assert not valid_records(out) and "best" not in without
 
 

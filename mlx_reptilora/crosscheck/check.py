@@ -108,8 +108,8 @@ def _reptile(cfg, sampler, learner, mlx_inner, peft_model, torch_inner, buckets,
         ep = sampler.sample()
         batches = episodes.micro_batches(ep.support, cfg.micro_batch, buckets)  # the very same token ids
         t0 = time.perf_counter()
-        step = learner.step(theta_mlx, [ep], mlx_inner, e)
-        new_mlx, mlx_losses = step.theta, step.metrics["inner_losses"]
+        step = learner.step({"theta": theta_mlx}, [ep], mlx_inner, e)
+        new_mlx, mlx_losses = step.params["theta"], step.metrics["inner_losses"]
         mx.eval(new_mlx)
         t1 = time.perf_counter()
         torch_ref.set_adapters(peft_model, theta_torch)
@@ -145,7 +145,8 @@ def _meta_gradients(cfg, sampler, learner, mlx_inner, peft_model, torch_inner, b
         support = episodes.micro_batches(ep.support, cfg.micro_batch, buckets)
         query = episodes.micro_batches(ep.query, cfg.micro_batch, buckets)
         t0 = time.perf_counter()
-        mlx_grad = {k: np.array(v) for k, v in learner.task(theta, ep, mlx_inner).contribution.items()}
+        result = learner.task({"theta": theta}, ep, mlx_inner, None, e)
+        mlx_grad = {k: np.array(v) for k, v in result.contribution["theta"].items()}
         t1 = time.perf_counter()
         start = {k: np.array(v) for k, v in theta.items()}
         if cfg.learner == "maml":
@@ -167,5 +168,5 @@ def _meta_gradients(cfg, sampler, learner, mlx_inner, peft_model, torch_inner, b
         if not cfg.quiet:
             print(f"episode {e} ({ep.task}): {cfg.learner} meta-gradient, MLX vs PyTorch relative difference "
                   f"{diff['rel_diff']:.2e} (norm {rows[-1]['meta_gradient_norm']:.3e})")
-        theta = learner.update(theta, {k: mx.array(v) for k, v in mlx_grad.items()}, e)
+        theta = learner.update({"theta": theta}, {"theta": {k: mx.array(v) for k, v in mlx_grad.items()}}, e)["theta"]
     return {"episodes": rows, "meta_gradient_max_rel_diff": max(r["meta_gradient_rel_diff"] for r in rows)}

@@ -9,16 +9,13 @@ rates it was meta-trained to be adapted with, learned ones included); flags over
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import numpy as np
 
 from .. import options
 from ..data import episodes, prompts, tasks
 from ..errors import UserError
-from ..meta import recipe as recipes
+from ..meta import adaptation, recipe as recipes, start as starts
 from ..meta.inner_config import OPTIMIZERS, InnerConfig, StepOptions, bucket_lengths
 from ..meta.inner_loop import InnerLoop
 from ..model import adapters, hub, models
@@ -87,91 +84,20 @@ class AdaptConfig(models.ModelOptions, adapters.LoraOptions, AdaptOptions):
     quiet: bool = option(False, "no progress output", short="-q")
 
 
-def start(base: models.Base, cfg: AdaptConfig) -> adapters.LoraConfig:
-    """Attach the starting adapters: the meta-learned ones, or the standard LoRA start."""
-    if cfg.adapters:
-        return adapters.load(base.model, cfg.adapters)
+def attach_start(base: models.Base, cfg: AdaptConfig, start: starts.Start | None) -> starts.Start:
+    """LoRA on the model as the start makes it: the meta-learned start, or the standard LoRA start
+    (a point: A drawn from the seed, B = 0)."""
+    if start is not None:
+        start.attach(base.model, cfg.adapters)
+        return start
     lora = cfg.lora()
     adapters.attach(base.model, lora, seed=cfg.seed)
-    return lora
+    return starts.Point(lora, {"theta": adapters.get_weights(base.model)})
 
 
 def shots_of(base: models.Base, task: tasks.Task, k: int, seed: int, max_length: int) -> list[prompts.Tokenized]:
     train = episodes.prepare(task, base.tokenizer, None, max_length, splits=("train",)).splits["train"]
     return episodes.draw_shots(train, k, seed, task.name)
-
-
-class Loops:
-    """One inner loop per (optimizer, lr) over one model, its config `config(recipe, **over)`: a
-    loop's compiled step serves every number of steps (adapt_with passes them). The first loop
-    measures an automatic micro-batch unless `micro_batch` is given; the others take the same."""
-
-    def __init__(self, model, config, buckets: list[int], rows: int = 1, say=None, micro_batch: int | None = None):
-        self.model, self.config, self.buckets, self.rows, self.say = model, config, buckets, rows, say
-        self.micro_batch, self.loops = micro_batch, {}
-
-    def __call__(self, plan: recipes.Recipe) -> InnerLoop:
-        key = (plan.optimizer, plan.lr)
-        if key not in self.loops:
-            over = {} if self.micro_batch is None else {"micro_batch": self.micro_batch}
-            self.loops[key] = InnerLoop(self.model, self.config(plan, **over), self.buckets, rows=self.rows, say=self.say)
-            self.micro_batch = self.loops[key].cfg.micro_batch
-        return self.loops[key]
-
-
-def adapt_with(inner: InnerLoop, shots, plan: recipes.Recipe, steps: int | None = None) -> list[float]:
-    """`steps` (the plan's by default) of the plan's inner loop from the adapters in the model."""
-    steps = plan.steps if steps is None else steps
-    if steps == 0:
-        return []
-    if plan.learned_lr:
-        return inner.sgd_steps(inner.weights(), shots, plan.rate, steps).losses
-    inner.reset_optimizer()
-    return inner.adapt(shots, steps)
-
-
-def check_auto(plan: recipes.Recipe, shot_counts) -> None:
-    """Before any work: `--steps auto` (a flag or the start's recipe) needs 2 or more shots."""
-    if plan.auto and 1 in shot_counts:
-        raise UserError("--steps auto holds shots out to choose: it needs --shots 2 or more")
-
-
-def auto_steps(inner: InnerLoop, shots, plan: recipes.Recipe, most: int) -> tuple[int, list[float]]:
-    """Leave one shot out at a time: adapt on the others for up to `most` steps, the held-out shot's
-    loss after each (0 steps included). The number of steps with the lowest mean held-out loss, and
-    those means."""
-    if len(shots) < 2:
-        raise UserError("--steps auto holds shots out to choose: it needs --shots 2 or more")
-    start = inner.weights()
-    held_out = np.zeros(most + 1)
-    for j in range(len(shots)):
-        rest, held = shots[:j] + shots[j + 1:], [shots[j]]
-        inner.set_weights(start)
-        inner.reset_optimizer()
-        held_out[0] += inner.loss(held)
-        for t in range(1, most + 1):
-            if plan.learned_lr:
-                inner.sgd_steps(inner.weights(), rest, lambda _, t=t: plan.rate(t - 1), 1)
-            else:
-                inner.adapt(rest, 1)
-            held_out[t] += inner.loss(held)
-    inner.set_weights(start)
-    means = (held_out / len(shots)).tolist()
-    return int(np.argmin(means)), means
-
-
-def fine_tune(inner: InnerLoop, shots, plan: recipes.Recipe, quiet: bool = True) -> tuple[list[float], int]:
-    """k-shot fine-tuning of the adapters now in the model: (per-step losses, steps taken)."""
-    if not shots:
-        return [], 0
-    steps = plan.steps
-    if plan.auto:
-        t0 = time.perf_counter()
-        steps, means = auto_steps(inner, shots, plan, 2 * plan.steps)
-        if not quiet:
-            print(f"--steps auto: {steps} steps (mean held-out loss after 0..{len(means) - 1} steps: "
-                  f"{', '.join(f'{m:.3f}' for m in means)}; {time.perf_counter() - t0:.1f} s for {len(shots)} folds)")
-    return adapt_with(inner, shots, plan, steps), steps
 
 
 def check_out(out: str | Path, start: str | None) -> None:
@@ -193,21 +119,19 @@ def run(cfg: AdaptConfig) -> Path:
     task = tasks.load(cfg.task)  # fail on a bad task, or an --out that cannot be written, before any work
     if cfg.shots:
         task.split("train")
-    if cfg.adapters:
-        adapters.read_config(cfg.adapters)
-        adapters.read_weights(cfg.adapters)
+    start = starts.read(cfg.adapters) if cfg.adapters else None
     check_out(cfg.out, cfg.adapters)
     plan = cfg.plan(recipes.read(cfg.adapters, shots=cfg.shots))
-    check_auto(plan, [cfg.shots])
+    adaptation.check_auto(plan, [cfg.shots])
     with claimed(cfg.out):
-        return _run(cfg, task, plan)
+        return _run(cfg, task, plan, start)
 
 
-def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe) -> Path:
+def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe, start: starts.Start | None) -> Path:
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     if cfg.adapters:
         hub.check_base(cfg.adapters, base)
-    lora = start(base, cfg)
+    start = attach_start(base, cfg, start)
     if not cfg.quiet:
         print(f"start: {adapters.origin(cfg.adapters) if cfg.adapters else 'the standard LoRA start (B = 0)'}")
         nearest = (f"; the start's recipe for {plan.shots} shot{'s' * (plan.shots != 1)}, the nearest validated "
@@ -218,15 +142,15 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe) -> Path:
     if shots and not cfg.quiet:
         cut = sum(t.truncated for t in shots)
         print(f"{len(shots)} shots of {task.name}: {cut} truncated to --max-length {cfg.max_length}")
-    inner = InnerLoop(base.model, cfg.inner(plan), bucket_lengths(cfg.max_length), rows=len(shots),
-                      say=None if cfg.quiet else print) if shots else None
-    before = inner.loss(shots) if inner else None
-    losses, steps = fine_tune(inner, shots, plan, cfg.quiet)
-    after = inner.loss(shots) if inner and steps else before
-    if inner and not cfg.quiet:  # the loss on the shots with dropout off, before and after the steps
+    inner = InnerLoop(base.model, cfg.inner(plan), bucket_lengths(cfg.max_length), rows=max(len(shots), 1),
+                      say=None if cfg.quiet else print)
+    before = inner.loss_at(start.for_task(inner, shots), shots) if shots else None
+    losses, steps = adaptation.adapt(start, inner, shots, plan, cfg.quiet)  # the model holds what it made
+    after = inner.loss(shots) if shots and steps else before
+    if shots and not cfg.quiet:  # the loss on the shots with dropout off, before and after the steps
         print(f"adapted on {cfg.shots} shots of {task.name} in {steps} steps: loss on the shots {before:.3f} -> "
               f"{after:.3f}")
-    out = adapters.save(base.model, lora, cfg.out, extra={
+    out = adapters.save(base.model, start.lora, cfg.out, extra={
         "start": cfg.adapters or "standard", "start_learner": adapters.learner_of(cfg.adapters), "task": task.name,
         "shots": cfg.shots, "seed": cfg.seed, "steps": steps, "recipe": {**recipes.as_dict(plan), "steps": steps},
         "losses": losses, "loss_before": before, "loss_after": after,

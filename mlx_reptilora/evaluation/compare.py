@@ -16,19 +16,19 @@ from pathlib import Path
 from .. import options
 from ..data import episodes, tasks
 from ..errors import UserError
+from ..meta import config as meta_config, recipe as recipes, start as starts
+from ..meta.adaptation import Loops, adapt, check_auto
 from ..meta.inner_config import bucket_lengths
 from ..model import adapters, hub, models
 from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
 from . import charts, evaluate, metrics
-from ..meta import recipe as recipes
-from .adapt import AdaptOptions, Loops, check_auto, fine_tune
+from .adapt import AdaptOptions
 
 SYSTEMS = ("lora", "meta", "in-context")  # "meta": the meta-learned start, whatever its learner
 ALIASES = {"reptilora": "meta"}  # the name "meta" had when every start was ReptiLoRA's
 LABELS = {"lora": "LoRA", "in-context": "In-context"}
-LEARNER_NAMES = {"reptile": "Reptile", "fomaml": "FOMAML", "maml": "MAML", "meta-sgd": "Meta-SGD"}
 
 
 def canonical(system: str) -> str:
@@ -36,13 +36,11 @@ def canonical(system: str) -> str:
 
 
 def learner_label(start: str | None) -> str:
-    """A start's column name, after the learner that made it (MAML with learned per-step rates is MAML++)."""
+    """A start's column name, after the learner that made it (the registry's label: MAML with learned
+    per-step rates is MAML++)."""
     learner = adapters.recorded(start, "learner", {})
     learner = learner if isinstance(learner, dict) else {}
-    name = learner.get("learner") or adapters.learner_of(start)
-    if name == "maml" and learner.get("lslr"):
-        return "MAML++ start"
-    return f"{LEARNER_NAMES[name]} start" if name in LEARNER_NAMES else "Meta start"
+    return meta_config.label(learner, learner.get("learner") or adapters.learner_of(start))
 
 
 def label(system: str, start_label: str = "Meta start") -> str:
@@ -87,8 +85,7 @@ def run(cfg: CompareConfig) -> dict:
 
 
 def _run(cfg: CompareConfig) -> dict:
-    lora = adapters.read_config(cfg.adapters)
-    meta = adapters.read_weights(cfg.adapters)
+    start = starts.read(cfg.adapters)
     learner, start_label = adapters.learner_of(cfg.adapters), learner_label(cfg.adapters)
     loaded = {t.name: t for t in tasks.load_many(cfg.tasks)}
     for t in loaded.values():
@@ -100,9 +97,9 @@ def _run(cfg: CompareConfig) -> dict:
         check_auto(p, [k])
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     hub.check_base(cfg.adapters, base)
-    adapters.attach(base.model, lora, seed=cfg.seed)  # the standard start for the LoRA baseline
-    standard = adapters.get_weights(base.model)
-    adapters.check_fit(base.model, meta, cfg.adapters)
+    adapters.attach(base.model, start.lora, seed=cfg.seed)  # the standard start for the LoRA baseline
+    standard = starts.Point(start.lora, {"theta": adapters.get_weights(base.model)})
+    start.check_fit(base.model, cfg.adapters)
     inner = Loops(base.model, cfg.inner, bucket_lengths(cfg.max_length), rows=max(cfg.shots, default=1),
                   say=None if cfg.quiet else print)
     for p in plans.values():
@@ -127,10 +124,12 @@ def _run(cfg: CompareConfig) -> dict:
         steps = []  # per draw: --steps auto chooses per draw
         for d in range(cfg.draws if k else 1):
             seed = cfg.seed + d
-            adapters.set_weights(base.model, meta if system == "meta" else standard)
-            if k and system != "in-context":
+            shots = episodes.draw_shots(train[name], k, seed, name) if k else []
+            if system == "in-context" or not k:  # the start un-adapted (a generator's for no shots)
+                adapters.set_weights(base.model, (start if system == "meta" else standard).for_task(inner.any(), []))
+            else:
                 plan = plans[system, k]
-                _, taken = fine_tune(inner(plan), episodes.draw_shots(train[name], k, seed, name), plan)
+                _, taken = adapt(start if system == "meta" else standard, inner(plan), shots, plan)
                 steps.append(taken)
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,

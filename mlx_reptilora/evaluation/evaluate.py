@@ -15,6 +15,7 @@ import numpy as np
 from .. import options
 from ..data import episodes, prompts, tasks
 from . import charts, metrics, scoring
+from ..meta import start as starts
 from ..model import adapters, hub, models
 from ..options import option
 from ..errors import UserError
@@ -145,15 +146,17 @@ def run(cfg: EvalConfig) -> dict:
             if Path(path).is_dir():
                 raise UserError(f"{flag} {path} is a folder; give a file name")
             writable_folder(Path(path).parent, flag)
-    if cfg.adapters:
-        adapters.read_config(cfg.adapters)
-        adapters.read_weights(cfg.adapters)
+    start = starts.read(cfg.adapters) if cfg.adapters else None
+    if start is not None and not start.is_point:
+        raise UserError(f"--adapters {cfg.adapters} is a {start.kind} start: it makes adapters from a task's shots; "
+                        f"adapt it (mlx-reptilora adapt --shots K) and evaluate what that writes, or compare it")
     if cfg.shots is None:
         cfg.shots = adapters.recorded(cfg.adapters, "shots", 0)
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
-    if cfg.adapters:
+    if start is not None:
         hub.check_base(cfg.adapters, base)
-        adapters.load(base.model, cfg.adapters)
+        start.attach(base.model, cfg.adapters)
+        adapters.set_weights(base.model, start.for_task(None, []))
     result = evaluate(base, task, cfg)
     preds = result.pop("_predictions")
     if pred_path is not None:

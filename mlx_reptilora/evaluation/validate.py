@@ -7,36 +7,36 @@ recipe, so a start whose adaptation at k shots scores below no adaptation at all
 steps at k. meta-train keeps the θ whose per-count best points score highest on average (early
 stopping) and writes their recipes into the start, so `adapt` uses what held-out tasks chose.
 
-Validation lives here, above the meta layer, because it generates and scores; meta/train.py takes
-it as an injected `validator` (`meta_train` below is the CLI's meta-train).
+Validation lives here, above the meta layer, because it generates and scores; meta/validation.py
+declares the hook (`hook` below) and the commands wire it in.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from ..data import episodes, hygiene, prompts, tasks
 from ..errors import UserError
 from ..meta import recipe as recipes
-from ..meta import train
+from ..meta.adaptation import Loops, adapt
+from ..meta.config import MetaTrainConfig
 from ..meta.inner_config import bucket_lengths
+from ..meta.setup import Setup
+from ..meta.start import Start
 from . import evaluate, metrics
-from .adapt import Loops, adapt_with
 
 
-def grid(cfg: train.MetaTrainConfig, start: recipes.Recipe) -> list[recipes.Recipe]:
+def grid(cfg: MetaTrainConfig, recipe: recipes.Recipe) -> list[recipes.Recipe]:
     """The start's recipe and its neighbours: each steps multiple x each learning-rate scale; a
     multiple of 0 is one point, the start un-adapted."""
-    out = [replace(start, steps=0, auto=False)] if 0 in cfg.valid_steps else []
+    out = [replace(recipe, steps=0, auto=False)] if 0 in cfg.valid_steps else []
     for mult in (m for m in cfg.valid_steps if m > 0):
         for scale in cfg.valid_lr_scales:
-            steps = max(1, int(round(mult * start.steps)))
-            out.append(replace(start, steps=steps, lr=start.lr * (1 if start.learned_lr else scale),
-                               scale=scale if start.learned_lr else 1.0))
+            steps = max(1, int(round(mult * recipe.steps)))
+            out.append(replace(recipe, steps=steps, lr=recipe.lr * (1 if recipe.learned_lr else scale),
+                               scale=scale if recipe.learned_lr else 1.0))
     return out
 
 
@@ -48,9 +48,9 @@ def key(r: recipes.Recipe) -> str:
 
 
 class Validator:
-    """Built once per run (after the model loads); called with θ and the learner at an episode."""
+    """Built once per run (after the model loads); called with the start and its recipe at an episode."""
 
-    def __init__(self, cfg: train.MetaTrainConfig, s: train.Setup, loaded: list[tasks.Task] | None = None):
+    def __init__(self, cfg: MetaTrainConfig, s: Setup, loaded: list[tasks.Task] | None = None):
         self.cfg, self.s = cfg, s
         loaded = loaded or tasks.load_many(cfg.valid_tasks, tasks.TaskConfig(train_cap=cfg.train_cap))
         tok = s.base.tokenizer
@@ -71,13 +71,13 @@ class Validator:
         self._loop = Loops(s.base.model, lambda r, **over: cfg.inner_config(r.steps, r.lr, r.optimizer, **over),
                            bucket_lengths(cfg.max_length), micro_batch=s.inner.cfg.micro_batch)
 
-    def __call__(self, theta: dict, start: recipes.Recipe, episode: int) -> dict:
+    def __call__(self, start: Start, recipe: recipes.Recipe, episode: int) -> dict:
         """{"episode", "valid": {task: {k: {grid point: {loss, score}}}}, and what `choose` makes of them}."""
-        points = {key(r): r for r in grid(self.cfg, start)}
+        points = {key(r): r for r in grid(self.cfg, recipe)}
         results: dict = {}
         for name, d in self.data.items():
             results[name] = {}
-            unadapted = None  # the same for every shot count: scored once
+            unadapted = None  # a point start un-adapted is the same for every shot count: scored once
             for k, shots in d["shots"].items():
                 results[name][k] = {}
                 for point, r in points.items():
@@ -85,13 +85,11 @@ class Validator:
                         results[name][k][point] = unadapted
                         continue
                     inner = self._loop(r)
-                    inner.set_weights(theta)
-                    adapt_with(inner, shots, r)
+                    adapt(start, inner, shots, r)
                     results[name][k][point] = {"loss": round(inner.loss(d["tokenized"]), 4),
                                                "score": round(self.score(d), 3)}
                     if r.steps == 0:
-                        unadapted = results[name][k][point]
-        self.s.inner.set_weights(theta)
+                        unadapted = results[name][k][point] if start.is_point else None
         return {"episode": episode, "metrics": {n: d["task"].metric for n, d in self.data.items()}, "valid": results,
                 **choose(results, points, list(self.cfg.valid_shots), f"episode {episode + 1}")}
 
@@ -137,7 +135,7 @@ def choose(results: dict, points: dict[str, recipes.Recipe], counts: list[int], 
             "recipe": recipe}
 
 
-def check(cfg: train.MetaTrainConfig) -> list[tasks.Task]:
+def check(cfg: MetaTrainConfig) -> list[tasks.Task]:
     """Before any work: validation tasks exist, have the splits it reads, and are not trained on.
     The loaded validation tasks (the Validator takes them, so they are loaded once)."""
     overlap = sorted(set(cfg.valid_tasks) & set(cfg.tasks))
@@ -159,9 +157,8 @@ def check(cfg: train.MetaTrainConfig) -> list[tasks.Task]:
     return loaded
 
 
-def meta_train(cfg: train.MetaTrainConfig) -> Path:
-    """`mlx-reptilora meta-train`: meta-training, meta-validated when --valid-tasks is given."""
-    if not cfg.valid_tasks:
-        return train.run(cfg)
-    cfg.validate()
-    return train.run(cfg, partial(Validator, loaded=check(cfg)))
+def hook(cfg: MetaTrainConfig):
+    """meta/validation.py's hook: the checks now, before any work; the Validator once the run's setup
+    exists."""
+    loaded = check(cfg)
+    return lambda s: Validator(cfg, s, loaded)

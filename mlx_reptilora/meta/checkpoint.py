@@ -1,6 +1,6 @@
-"""Atomic checkpoints of the outer loop: θ, the episode counter, the sampler's RNG, and whatever the
-learner or the inner loop carries across episodes (an outer Adam's moments, a carried inner
-optimizer), as named groups of arrays.
+"""Atomic checkpoints of the outer loop: the meta-parameters, the episode counter, the sampler's RNG,
+and whatever the learner or the inner loop carries across episodes (an outer Adam's moments, a
+carried inner optimizer), as one tree of arrays.
 
 Each checkpoint is written into a temporary folder, renamed into place, and only then named in the
 `latest` file (itself replaced atomically): a kill at any moment leaves the previous one intact.
@@ -18,19 +18,21 @@ import mlx.core as mx
 
 from ..errors import UserError
 from ..paths import atomic_write_text
+from . import trees
 
 LATEST = "latest"
 STATE = "state.safetensors"
 INFO = "state.json"
 
 
-def save(folder: Path, episode: int, groups: dict[str, dict[str, mx.array]], info: dict, keep: int = 2) -> Path:
-    """`groups`: {"theta": {name: array}, ...}; arrays are stored as "group/name"."""
+def save(folder: Path, episode: int, groups: dict, info: dict, keep: int = 2) -> Path:
+    """`groups`: a nested tree of arrays ({"params": {"theta": {name: array}}, ...}), stored under
+    "/"-joined paths."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"episode-{episode:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
     try:
-        arrays = {f"{g}/{k}": v for g, tree in groups.items() for k, v in tree.items()}
+        arrays = trees.flatten(groups)
         mx.save_safetensors(str(tmp / STATE), arrays)
         (tmp / INFO).write_text(json.dumps({"episode": episode, **info}))
         final = folder / name
@@ -82,17 +84,12 @@ def latest(folder: Path) -> Path | None:
     return None
 
 
-def load(path: Path) -> tuple[dict, dict[str, dict[str, mx.array]]]:
-    """(info from state.json, {group: {name: array}})."""
+def load(path: Path) -> tuple[dict, dict]:
+    """(info from state.json, the tree of arrays `save` was given)."""
     try:
         info = json.loads((path / INFO).read_text())
         info["episode"], info["sampler"]  # noqa: B018 -- what every checkpoint holds
         arrays = mx.load(str(path / STATE))
     except Exception as e:  # JSON, a truncated safetensors file, a missing file: all mean "damaged"
         raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
-    groups: dict[str, dict[str, mx.array]] = {}
-    for key, v in arrays.items():
-        # "group/name"; checkpoints before learners existed wrote "theta.name" and "opt.name"
-        group, _, name = key.partition("/") if "/" in key else key.partition(".")
-        groups.setdefault({"opt": "inner_optimizer"}.get(group, group), {})[name] = v
-    return info, groups
+    return info, trees.unflatten(arrays)

@@ -16,9 +16,9 @@ import json
 import mlx.core as mx
 import numpy as np
 from mlx.nn.utils import average_gradients
-from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import UserError
+from . import trees
 
 
 class World:
@@ -54,11 +54,12 @@ class World:
                            f"checkpoint is in the run's folder: continue with --resume") from None
 
     def mean(self, tree: dict) -> dict:
-        """The mean over ranks of a flat {name: array} dict (names may hold dots)."""
+        """The mean over ranks of a nested tree of arrays (adapter names may hold dots)."""
         if self.size == 1:
             return tree
-        nested = tree_unflatten(list(tree.items()))
-        return dict(tree_flatten(self._call(lambda: average_gradients(nested, self.group))))
+        flat = trees.flatten(tree)
+        averaged = self._call(lambda: average_gradients(list(flat.values()), self.group))
+        return trees.unflatten(dict(zip(flat, averaged)))
 
     def any(self, flag: bool) -> bool:
         if self.size == 1:
@@ -107,3 +108,33 @@ class World:
 
 class RankLost(UserError):
     """Another rank stopped answering (it died, or its machine did)."""
+
+
+def agree(world: World, check):
+    """`check()`'s answer from rank 0, on every rank; its UserError is raised on every rank too."""
+    answer = {"value": None, "error": None}
+    if world.main:
+        try:
+            answer["value"] = check()
+        except UserError as e:
+            answer["error"] = str(e)
+    answer = world.broadcast_json(answer)
+    if answer["error"]:
+        raise UserError(answer["error"] if world.main else f"rank 0 stopped the run: {answer['error']}")
+    return answer["value"]
+
+
+def gather_metrics(metrics: dict[str, list], world: World) -> dict[str, list]:
+    """Per-task metrics of every rank's tasks, in meta-batch order (float32 across processes)."""
+    if world.size == 1:
+        return metrics
+    keys = sorted(metrics)
+    widths = [len(v[0]) if isinstance(v[0], list) else 0 for v in (metrics[k] for k in keys)]
+    rows = np.array([[x for k, w in zip(keys, widths) for x in (metrics[k][j] if w else [metrics[k][j]])]
+                     for j in range(len(metrics[keys[0]]))], np.float32)
+    out, col = {k: [] for k in keys}, 0
+    every = world.gather(rows)
+    for k, w in zip(keys, widths):
+        out[k] = [row[col:col + w].tolist() if w else float(row[col]) for row in every]
+        col += max(w, 1)
+    return out

@@ -12,9 +12,9 @@ from .learner import GradientLearner, TaskResult
 
 
 class FOMAML(GradientLearner):
-    name = "fomaml"
+    name, label = "fomaml", "FOMAML start"
 
-    def task(self, theta, episode, inner, rng=None) -> TaskResult:
-        phi, losses = inner.adapt_from(theta, episode.support, rng=rng)
+    def task(self, params, episode, inner, rng, t) -> TaskResult:
+        phi, losses = inner.adapt_from(params["theta"], episode.support, rng=rng)
         query_loss, grad = inner.gradient(episode.query, "query loss")  # ∇L_Q at φ, φ unchanged
-        return TaskResult(grad, phi, {"inner_losses": losses, "query_loss_adapted": query_loss})
+        return TaskResult({"theta": grad}, phi, {"inner_losses": losses, "query_loss_adapted": query_loss})

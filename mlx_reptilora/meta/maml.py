@@ -27,19 +27,24 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from ..errors import UserError
 from ..options import option
-from .learner import GradientLearner, TaskResult
+from .learner import GradientLearner, OuterOptions, TaskResult
 
 
 @dataclass
 class MamlOptions:
     first_order: bool = option(False, "maml, meta-sgd: drop the second-order term (= FOMAML with SGD inner steps)")
-    lslr: bool = option(False, "maml: learn one inner learning rate per LoRA tensor and inner step (MAML++'s LSLR)")
     multi_step_loss: int = option(0, "maml, meta-sgd: train on the query loss after every inner step, the weights "
                                      "annealed toward the last step over this many episodes (MAML++'s MSL); 0 = off",
                                   min=0)
     first_order_episodes: int = option(0, "maml, meta-sgd: first order for this many episodes, then second "
                                           "(MAML++'s derivative-order annealing)", min=0)
+
+
+@dataclass
+class LslrOptions:
+    lslr: bool = option(False, "maml: learn one inner learning rate per LoRA tensor and inner step (MAML++'s LSLR)")
 
 
 def msl_weights(steps: int, episode: int, anneal: int) -> np.ndarray:
@@ -53,13 +58,25 @@ def msl_weights(steps: int, episode: int, anneal: int) -> np.ndarray:
 
 
 class MAML(GradientLearner):
-    name = "maml"
+    name, label = "maml", "MAML start"
+    inner_optimizer, second_order = "sgd", True
+    options = (OuterOptions, MamlOptions, LslrOptions)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.inner_optimizer != "sgd":
+            raise UserError(f"--learner {cls.name} differentiates through plain SGD inner steps: leave "
+                            f"--inner-optimizer unset or pass sgd")
+
+    @classmethod
+    def label_of(cls, described: dict) -> str:
+        return "MAML++ start" if described.get("lslr") else cls.label
 
     # -- the inner learning rates: fixed, or learned beside θ ------------------------------------
-    def init_learned(self, theta: dict) -> dict:
+    def init(self, theta: dict) -> dict:
         if not self.cfg.lslr:
-            return {}
-        return {k: mx.full((self.cfg.inner_steps,), self.cfg.inner_lr) for k in theta}
+            return {"theta": theta}
+        return {"theta": theta, "rates": {k: mx.full((self.cfg.inner_steps,), self.cfg.inner_lr) for k in theta}}
 
     def rate(self, t: int, learned: dict):
         return {k: v[t] for k, v in learned.items()} if learned else self.cfg.inner_lr
@@ -70,33 +87,33 @@ class MAML(GradientLearner):
         return {k: -(grad[k] * v[k]).sum() * one_hot for k in learned}
 
     # -- one task ---------------------------------------------------------------------------------
-    def task(self, theta, episode, inner, rng=None) -> TaskResult:
-        learned = self.learned_rates(theta)
+    def task(self, params, episode, inner, rng, t) -> TaskResult:
+        theta, learned = params["theta"], self.rates(params)
         steps = self.cfg.inner_steps
-        second = not self.cfg.first_order and self.t >= self.cfg.first_order_episodes
-        path = inner.sgd_steps(theta, episode.support, lambda t: self.rate(t, learned), steps, replay=second)
-        weights = msl_weights(steps, self.t, self.cfg.multi_step_loss) if self.cfg.multi_step_loss else None
+        second = not self.cfg.first_order and t >= self.cfg.first_order_episodes
+        path = inner.sgd_steps(theta, episode.support, lambda i: self.rate(i, learned), steps, replay=second)
+        weights = msl_weights(steps, t, self.cfg.multi_step_loss) if self.cfg.multi_step_loss else None
         query_loss, v = inner.gradient(episode.query, "query loss")
         if weights is not None:
             v = {k: float(weights[-1]) * x for k, x in v.items()}
         rate_grads = {k: mx.zeros_like(x) for k, x in learned.items()}
         support = inner.batches(episode.support)
-        for t in reversed(range(steps)):  # v holds v_{t+1}; make it v_t
-            rate = self.rate(t, learned)
+        for i in reversed(range(steps)):  # v holds v_{i+1}; make it v_i
+            rate = self.rate(i, learned)
             if learned:
-                rate_grads = {k: rate_grads[k] + g for k, g in self.rate_grad(t, path.grads[t], v, learned).items()}
+                rate_grads = {k: rate_grads[k] + g for k, g in self.rate_grad(i, path.grads[i], v, learned).items()}
             if second:
-                inner.set_weights(path.states[t])
-                mx.random.seed(path.seeds[t])  # the masks step t drew
+                inner.set_weights(path.states[i])
+                mx.random.seed(path.seeds[i])  # the masks step i drew
                 hv = inner.hvp(support, {k: (rate[k] if learned else rate) * v[k] for k in v})
                 v = {k: v[k] - hv[k] for k in v}
-            if weights is not None and t > 0:  # the loss after step t joins the meta-objective
-                inner.set_weights(path.states[t])
+            if weights is not None and i > 0:  # the loss after step i joins the meta-objective
+                inner.set_weights(path.states[i])
                 _, g_q = inner.gradient(episode.query, "query loss")
-                v = {k: v[k] + float(weights[t - 1]) * g_q[k] for k in v}
+                v = {k: v[k] + float(weights[i - 1]) * g_q[k] for k in v}
             mx.eval(v, rate_grads)
-        contribution = {**v, **{"lr:" + k: g for k, g in rate_grads.items()}}
-        return TaskResult(contribution, path.final, {"inner_losses": path.losses, "query_loss_adapted": query_loss})
+        gradient = {"theta": v, **({"rates": rate_grads} if learned else {})}
+        return TaskResult(gradient, path.final, {"inner_losses": path.losses, "query_loss_adapted": query_loss})
 
     def tokens(self, episode) -> int:
         support = sum(len(x.ids) for x in episode.support)

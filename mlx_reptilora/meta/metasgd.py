@@ -12,14 +12,27 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .maml import MAML
+from ..errors import UserError
+from .learner import OuterOptions
+from .maml import MAML, MamlOptions
 
 
 class MetaSGD(MAML):
-    name = "meta-sgd"
+    name, label = "meta-sgd", "Meta-SGD start"
+    options = (OuterOptions, MamlOptions)
 
-    def init_learned(self, theta: dict) -> dict:
-        return {k: mx.full(v.shape, self.cfg.inner_lr) for k, v in theta.items()}
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if cfg.lslr:
+            raise UserError("--lslr is MAML's (meta-sgd learns a rate per element already)")
+
+    @classmethod
+    def label_of(cls, described: dict) -> str:
+        return cls.label
+
+    def init(self, theta: dict) -> dict:
+        return {"theta": theta, "rates": {k: mx.full(v.shape, self.cfg.inner_lr) for k, v in theta.items()}}
 
     def rate(self, t: int, learned: dict):
         return learned

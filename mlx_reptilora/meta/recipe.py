@@ -97,9 +97,9 @@ def _by_shots(raw) -> dict[int, dict]:
     return {int(k): v for k, v in (raw.get("by_shots") or {}).items()}
 
 
-def of(learner) -> Recipe:
-    """The recipe a learner's start carries now: its meta-training inner loop and learned rates."""
-    return Recipe(**learner.recipe(), rates=dict(learner.learned()))
+def of(learner, params: dict) -> Recipe:
+    """The recipe of the start `params` are: the learner's meta-training inner loop, its learned rates."""
+    return Recipe(**learner.recipe(), rates=dict(learner.rates(params)))
 
 
 def as_dict(recipe: Recipe) -> dict:

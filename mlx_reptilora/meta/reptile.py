@@ -35,14 +35,15 @@ def meta_lr(episode: int, episodes: int, start: float, final: float | None) -> f
 
 
 class Reptile(Learner):
-    name = "reptile"
+    name, label = "reptile", "Reptile start"
+    options = (ReptileOptions,)
 
-    def task(self, theta, episode, inner, rng=None) -> TaskResult:
-        phi, losses = inner.adapt_from(theta, episode.support, self.cfg.reset_optimizer, rng)
-        return TaskResult(phi, phi, {"inner_losses": losses})
+    def task(self, params, episode, inner, rng, t) -> TaskResult:
+        phi, losses = inner.adapt_from(params["theta"], episode.support, self.cfg.reset_optimizer, rng)
+        return TaskResult({"theta": phi}, phi, {"inner_losses": losses})
 
-    def update(self, theta, mean_phi, t):
-        return interpolate(theta, mean_phi, self.alpha(t))
+    def update(self, params, mean_phi, t):
+        return {"theta": interpolate(params["theta"], mean_phi["theta"], self.alpha(t))}
 
     def alpha(self, t: int) -> float:
         return meta_lr(t, self.episodes, self.cfg.meta_lr, self.cfg.meta_lr_final)

@@ -101,15 +101,22 @@ def set_weights(model: nn.Module, weights: dict) -> None:
     model.update(tree_unflatten(list(weights.items())))
 
 
-def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, extra: dict | None = None) -> Path:
-    """Write adapters in mlx-lm's format; `extra` keys go into adapter_config.json (mlx-lm ignores them)."""
-    if not weights:
-        raise ValueError("no adapter tensors to save")
+def write_config(out_dir: str | Path, cfg: LoraConfig, n_layers: int, extra: dict | None = None) -> Path:
+    """adapter_config.json in mlx-lm's format; `extra` keys go into it (mlx-lm ignores them)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {"fine_tune_type": "lora", "num_layers": n_layers,
               "lora_parameters": cfg.mlx_lm_parameters(), "lora_alpha": cfg.alpha, **(extra or {})}
     atomic_write_text(out / CONFIG, json.dumps(config, indent=2))
+    return out
+
+
+def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, extra: dict | None = None) -> Path:
+    """Write adapters in mlx-lm's format; `extra` keys go into adapter_config.json (mlx-lm ignores them)."""
+    if not weights:
+        raise ValueError("no adapter tensors to save")
+    out = write_config(out_dir, cfg, n_layers, extra)
+    weights = dict(sorted(weights.items()))  # one byte layout, whichever way the dict was built (a model, a checkpoint)
     atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, weights))  # last: its presence means done
     return out
 
@@ -118,11 +125,12 @@ def save(model: nn.Module, cfg: LoraConfig, out_dir: str | Path, extra: dict | N
     return write(out_dir, get_weights(model), cfg, num_layers(model, cfg), extra)
 
 
-def read_config(path: str | Path) -> LoraConfig:
+def read_config(path: str | Path, weights: str = WEIGHTS) -> LoraConfig:
+    """The LoRA that saved adapters (or a start whose arrays are in the file `weights`) describe."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"adapters {path}: no such folder")
-    if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
+    if not (path / CONFIG).exists() or not (path / weights).exists():
         if (path / PEFT_WEIGHTS).exists():
             raise UserError(f"adapters {path} are in PEFT's format: convert them with "
                             f"`mlx-reptilora import-peft {path} OUT_DIR`")
@@ -142,11 +150,11 @@ def read_config(path: str | Path) -> LoraConfig:
         raise UserError(f"adapters {path}/{CONFIG} is malformed ({type(e).__name__}: {e})") from None
 
 
-def read_weights(path: str | Path) -> dict:
+def read_weights(path: str | Path, file: str = WEIGHTS) -> dict:
     try:
-        weights = mx.load(str(Path(path) / WEIGHTS))
+        weights = mx.load(str(Path(path) / file))
     except Exception as e:
-        raise UserError(f"cannot read {Path(path) / WEIGHTS}: {(str(e).splitlines() or [''])[0]}") from None
+        raise UserError(f"cannot read {Path(path) / file}: {(str(e).splitlines() or [''])[0]}") from None
     bad = [k for k, v in weights.items() if not mx.all(mx.isfinite(v)).item()]
     if bad:
         raise UserError(f"adapters {path} hold non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[0]}: "

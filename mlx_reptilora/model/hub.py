@@ -25,7 +25,8 @@ BUNDLED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the bundled GGUF
 ORIGIN = "mlx_reptilora.json"  # in a folder `convert` wrote: the hub id it came from
 # What a start folder holds besides the adapters, uploaded when present (the recipe and learned
 # learning rates arrive with the learned-adaptation learners).
-START_FILES = (adapters.WEIGHTS, adapters.CONFIG, "meta.json", "recipe.json", "learned_lr.safetensors")
+START_FILES = (adapters.WEIGHTS, adapters.CONFIG, "meta.json", "recipe.json", "learned_lr.safetensors",
+               "start.safetensors")
 PEFT_SUBFOLDER = "peft"
 
 
@@ -180,13 +181,14 @@ model = PeftModel.from_pretrained(model, "{repo_id}", subfolder="{PEFT_SUBFOLDER
 """))
 
 
-def stage(start: str | Path, repo_id: str, out: str | Path) -> Path:
-    """The exact folder `push` uploads: the start's files, its PEFT export and a model card. It is
-    built beside `out` and renamed into place, replacing only a folder staged before."""
+def stage(start: str | Path, repo_id: str, out: str | Path, export=adapters.to_peft) -> Path:
+    """The exact folder `push` uploads: the start's files, its PEFT export (`export(start, folder,
+    base)`; None for a start with no one adapter to export) and a model card. It is built beside
+    `out` and renamed into place, replacing only a folder staged before. The start was read (its
+    arrays are finite: NaN is never shared) by whoever passes it."""
     start, out = Path(start), Path(out)
-    adapters.read_config(start)
-    adapters.read_weights(start)  # NaN adapters are never shared
-    if out.exists() and not (out.is_dir() and (out / "README.md").exists() and (out / PEFT_SUBFOLDER).is_dir()):
+    if out.exists() and not (out.is_dir() and (out / "README.md").exists()
+                             and ((out / PEFT_SUBFOLDER).is_dir() or export is None)):
         raise UserError(f"--out {out} exists and is not a folder `push` staged; choose another --out")
     writable_folder(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -194,7 +196,8 @@ def stage(start: str | Path, repo_id: str, out: str | Path) -> Path:
         for name in START_FILES:
             if (start / name).exists():
                 shutil.copy2(start / name, tmp / name)
-        adapters.to_peft(start, tmp / PEFT_SUBFOLDER, base_model=base_of(start))
+        if export is not None:
+            export(start, tmp / PEFT_SUBFOLDER, base_of(start))
         atomic_write_text(tmp / "README.md", model_card(start, repo_id))
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
@@ -205,10 +208,11 @@ def stage(start: str | Path, repo_id: str, out: str | Path) -> Path:
     return out
 
 
-def push(start: str, repo_id: str, out: str | None = None, private: bool = False, dry_run: bool = False) -> Path:
+def push(start: str, repo_id: str, out: str | None = None, private: bool = False, dry_run: bool = False,
+         export=adapters.to_peft) -> Path:
     if not models.is_repo_id(repo_id):
         raise UserError(f"{repo_id!r} is not a hub repo id (owner/name)")
-    folder = stage(start, repo_id, out or Path("runs") / "push" / repo_id.replace("/", "--"))
+    folder = stage(start, repo_id, out or Path("runs") / "push" / repo_id.replace("/", "--"), export)
     if dry_run:
         return folder
     from huggingface_hub import HfApi
