@@ -40,6 +40,8 @@ from typing import NamedTuple
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing: the package beside it
+from mlx_reptilora.evaluation.report import apart, cell, fmt, query_losses, records  # noqa: E402
 DEFAULT_TASKS = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc"]
 
 
@@ -397,20 +399,12 @@ def rows_of(plan: Plan, out: Path) -> list[dict]:
     return rows
 
 
-def cell(rows, task, system, k):
-    return next((r for r in rows if (r["task"], r["system"], r["shots"]) == (task, system, k)), None)
-
-
-def _fmt(r, m="rougeL"):
-    return f"{r[m]['mid']:.2f} [{r[m]['low']:.1f}, {r[m]['high']:.1f}]" if r else "–"
-
-
 def table(rows, plan: Plan, systems: list[str]) -> str:
     lines = ["| task | shots | " + " | ".join(f"{s} R-L" for s in systems) + " | " + " | ".join(f"{s} R-1" for s in systems)
              + " | " + " | ".join(f"{s} R-2" for s in systems) + " |", "|" + " --- |" * (2 + 3 * len(systems))]
     for t in plan.pool:
         for k in sorted({r["shots"] for r in rows} | set(plan.shots)):
-            cells = [_fmt(cell(rows, t, s, k), m) for m in ("rougeL", "rouge1", "rouge2") for s in systems]
+            cells = [fmt(cell(rows, t, s, k), m) for m in ("rougeL", "rouge1", "rouge2") for s in systems]
             lines.append(f"| {t} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -432,9 +426,7 @@ def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict
                         "below_start_apart": r["rougeL"]["high"] < zero["rougeL"]["low"]}
                 base = cell(rows, t, lora, k) if lora else None
                 if base:
-                    item.update(vs_lora=r["rougeL"]["mid"] - base["rougeL"]["mid"],
-                                lora_apart=r["rougeL"]["low"] > base["rougeL"]["high"]
-                                or base["rougeL"]["low"] > r["rougeL"]["high"])
+                    item.update(vs_lora=r["rougeL"]["mid"] - base["rougeL"]["mid"], lora_apart=apart(r, base))
                 found.append(item)
     return found
 
@@ -483,17 +475,6 @@ def by_fold(rows, plan: Plan, systems: list[str], found: list[dict], data: str |
     return lines
 
 
-def _records(path: Path) -> list[dict]:
-    """A metrics.jsonl's records; a line cut short by a kill is skipped."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def cost(plan: Plan, out: Path) -> list[dict]:
     """Per learner and fold: episodes, time in episodes, tokens, peak memory (from metrics.jsonl)."""
     found = []
@@ -502,7 +483,7 @@ def cost(plan: Plan, out: Path) -> list[dict]:
             path = out / "meta" / learner / fold / "metrics.jsonl"
             if not path.exists():
                 continue
-            recs = [r for r in _records(path) if "seconds" in r]
+            recs = [r for r in records(path) if "seconds" in r]
             config = path.parent / "adapter_config.json"
             kept = json.loads(config.read_text()).get("selected_episode", "") if config.exists() else "not finished"
             found.append({"learner": learner, "fold": fold, "episodes": len(recs), "kept": kept,
@@ -548,9 +529,9 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
         for name, fold, path in runs:
             if name != learner or not path.exists():
                 continue
-            recs = [r for r in _records(path) if "query_loss_after" in r]
-            line = ax.plot([r["episode"] for r in recs], [r["query_loss_after"] for r in recs], label=f"without {fold}")
-            ax.plot([r["episode"] for r in recs], [r["query_loss_before"] for r in recs], ls=":", color=line[0].get_color())
+            episodes, before, after = query_losses(path)
+            line = ax.plot(episodes, after, label=f"without {fold}")
+            ax.plot(episodes, before, ls=":", color=line[0].get_color())
         ax.set(title=f"{learner}: query loss (dotted: θ, solid: adapted)", xlabel="episode", ylabel="loss")
         if ax.lines:
             ax.legend(frameon=False, fontsize=6)
@@ -558,14 +539,14 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
     fig.savefig(out / "query-loss.png")
     plt.close(fig)
     validated = [x for x in plan.learners if any("valid" in r for name, _, path in runs if name == x and path.exists()
-                                                  for r in _records(path))]
+                                                  for r in records(path))]
     if not validated:
         return
     fig, axes = plt.subplots(1, len(validated), figsize=(4.5 * len(validated), 3.2), dpi=120, squeeze=False)
     for ax, learner in zip(axes[0], validated):  # meta-validation: the best grid point's score per episode
         for name, fold, path in runs:
             if name == learner and path.exists():
-                recs = [r for r in _records(path) if "valid" in r]
+                recs = [r for r in records(path) if "valid" in r]
                 ax.plot([r["episode"] + 1 for r in recs], [r["score"] for r in recs], marker="o", label=f"without {fold}")
         ax.set(title=f"{learner}: meta-validation", xlabel="episode", ylabel="mean valid ROUGE-L")
         ax.legend(frameon=False, fontsize=6)

@@ -9,7 +9,7 @@ import pytest
 
 from mlx_reptilora.data import prompts, tasks
 from mlx_reptilora.errors import UserError
-from mlx_reptilora.evaluation import adapt, compare, evaluate
+from mlx_reptilora.evaluation import adapt, compare, evaluate, report
 from mlx_reptilora.meta import train as meta_train
 from mlx_reptilora.model import adapters
 from tests.conftest import run_cli
@@ -114,7 +114,7 @@ def test_compare_names_the_learner_and_still_takes_reptilora(meta_dir, tmp_path)
         assert compare.learner_label(str(folder)) == name
     # rows written when the system was called "reptilora" are found as "meta"
     old = [{"task": "t", "system": "reptilora", "shots": 1}]
-    assert compare._cell(old, "t", "meta", 1) is old[0]
+    assert report.cell(old, "t", "meta", 1) is old[0]
 
 
 def test_adapt_says_the_loss_after_adapting_and_what_it_truncated(tiny_dir, meta_dir, tmp_path, capsys):

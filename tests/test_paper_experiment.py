@@ -1,5 +1,5 @@
-"""The experiment driver's bookkeeping (issue #8): which starts it meta-trains, and a report from
-whatever a cut-short run left on disk."""
+"""The frozen record of issue #8's experiment (docs/records/paper_experiment.py), kept runnable:
+which starts it meta-trains, and a report from whatever a cut-short run left on disk."""
 
 import importlib.util
 import json
@@ -7,7 +7,7 @@ from argparse import Namespace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("paper_experiment", ROOT / "scripts" / "paper_experiment.py")
+spec = importlib.util.spec_from_file_location("paper_experiment", ROOT / "docs" / "records" / "paper_experiment.py")
 exp = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(exp)
 

@@ -24,15 +24,11 @@ from ..options import option
 from ..paths import atomic_write_text, claimed
 from ..progress import Progress
 from . import charts, evaluate, metrics
+from .report import ALIASES, canonical, cell, fmt
 from .adapt import AdaptOptions
 
 SYSTEMS = ("lora", "meta", "in-context")  # "meta": the meta-learned start, whatever its learner
-ALIASES = {"reptilora": "meta"}  # the name "meta" had when every start was ReptiLoRA's
 LABELS = {"lora": "LoRA", "in-context": "In-context"}
-
-
-def canonical(system: str) -> str:
-    return ALIASES.get(system, system)
 
 
 def learner_label(start: str | None) -> str:
@@ -166,12 +162,6 @@ def _run(cfg: CompareConfig) -> dict:
     return result
 
 
-def _cell(rows, task, system, k):
-    """The row of one cell; rows written when "meta" was "reptilora" count as "meta"."""
-    system = canonical(system)
-    return next((r for r in rows if (r["task"], canonical(r["system"]), r["shots"]) == (task, system, k)), None)
-
-
 def _metric(rows: list[dict], task: str) -> str:
     return next((r.get("metric", "rouge") for r in rows if r["task"] == task), "rouge")  # older rows: ROUGE
 
@@ -193,8 +183,8 @@ def markdown_table(rows: list[dict], cfg: CompareConfig, start_label: str = "Met
         for k in cfg.shots:
             cells = []
             for s in systems:
-                r = _cell(rows, name, s, k)
-                cells.append(f"{r[key]['mid']:.2f} [{r[key]['low']:.1f}, {r[key]['high']:.1f}]" if r else "–")
+                r = cell(rows, name, s, k)
+                cells.append(fmt(r, key))
                 if r and metric in ("rouge", "accuracy") and not r.get("same_as"):
                     details.append(f"| {name} | {k} | {label(s, start_label)} | {metrics.describe(metric, r)} |")
             lines.append(f"| {name} | {what}{'' if higher else ' (lower is better)'} | {k} | " + " | ".join(cells) + " |")
@@ -214,7 +204,7 @@ def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, start_lab
     """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = the meta start, solid = LoRA;
     the task's own metric."""
     systems = [s for s in SYSTEMS if s in cfg.systems]
-    series = {label(s, start_label): {k: _cell(rows, task, s, k) for k in cfg.shots if _cell(rows, task, s, k)}
+    series = {label(s, start_label): {k: cell(rows, task, s, k) for k in cfg.shots if cell(rows, task, s, k)}
               for s in systems}
     styles = {label(s, start_label): STYLES[s] for s in systems}
     charts.bars(path, task, _metric(rows, task), cfg.shots, series, styles)
@@ -224,11 +214,11 @@ def reliability_chart(rows: list[dict], task: str, cfg: CompareConfig, path: Pat
     """A choice task's reliability diagram: the base model (0 shots) and each system at the most shots."""
     k = max(cfg.shots)
     series = {}
-    base = _cell(rows, task, "lora", 0) or _cell(rows, task, "in-context", 0)
+    base = cell(rows, task, "lora", 0) or cell(rows, task, "in-context", 0)
     if base:
         series["base model, 0-shot"] = base
     for s in (s for s in SYSTEMS if s in cfg.systems):
-        r = _cell(rows, task, s, k)
+        r = cell(rows, task, s, k)
         if r and k:
             series[f"{label(s, start_label)}, {k}-shot"] = r
     charts.reliability(path, task, series)

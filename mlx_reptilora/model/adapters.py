@@ -105,19 +105,18 @@ def write_config(out_dir: str | Path, cfg: LoraConfig, n_layers: int, extra: dic
     """adapter_config.json in mlx-lm's format; `extra` keys go into it (mlx-lm ignores them)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"fine_tune_type": "lora", "num_layers": n_layers,
-              "lora_parameters": cfg.mlx_lm_parameters(), "lora_alpha": cfg.alpha, **(extra or {})}
-    atomic_write_text(out / CONFIG, json.dumps(config, indent=2))
+    atomic_write_text(out / CONFIG, json.dumps({"fine_tune_type": "lora", "num_layers": n_layers, "lora_parameters":
+                                                cfg.mlx_lm_parameters(), "lora_alpha": cfg.alpha, **(extra or {})}, indent=2))
     return out
 
 
 def write(out_dir: str | Path, weights: dict, cfg: LoraConfig, n_layers: int, extra: dict | None = None) -> Path:
-    """Write adapters in mlx-lm's format; `extra` keys go into adapter_config.json (mlx-lm ignores them)."""
+    """Adapters in mlx-lm's format, the tensors sorted by name: one byte layout, whichever way the dict
+    was built (a model, a checkpoint). The weights are written last: their presence means done."""
     if not weights:
         raise ValueError("no adapter tensors to save")
     out = write_config(out_dir, cfg, n_layers, extra)
-    weights = dict(sorted(weights.items()))  # one byte layout, whichever way the dict was built (a model, a checkpoint)
-    atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, weights))  # last: its presence means done
+    atomic_write(out / WEIGHTS, lambda p: mx.save_safetensors(p, dict(sorted(weights.items()))))
     return out
 
 
@@ -199,9 +198,8 @@ def check_fit(model: nn.Module, weights: dict, source: str) -> None:
 
 
 def load(model: nn.Module, path: str | Path) -> LoraConfig:
-    """Attach LoRA layers as described by saved adapters and load their weights (the meta start)."""
-    cfg = read_config(path)
-    weights = read_weights(path)
+    """Attach LoRA layers as described by saved adapters and load their weights."""
+    cfg, weights = read_config(path), read_weights(path)
     attach(model, cfg)
     check_fit(model, weights, str(path))
     set_weights(model, weights)
@@ -236,8 +234,7 @@ def to_peft(path: str | Path, out_dir: str | Path, base_model: str | None = None
         raise UserError(f"adapters {path}: layer {uneven} has LoRA on {', '.join(sorted(modules[uneven]))} but other "
                         f"layers on {', '.join(sorted(keys))}; PEFT's target_modules x layers_to_transform cannot "
                         f"express that (nothing written)")
-    leaves = {k.rsplit(".", 1)[-1] for k in keys}
-    layers = sorted(modules)
+    leaves, layers = {k.rsplit(".", 1)[-1] for k in keys}, sorted(modules)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
         "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
@@ -248,9 +245,7 @@ def to_peft(path: str | Path, out_dir: str | Path, base_model: str | None = None
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # Contiguous copies: safetensors writes the logical layout, but be explicit about it.
+    (out := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     atomic_write(out / PEFT_WEIGHTS, lambda p: mx.save_safetensors(
         p, {k: mx.contiguous(v) for k, v in peft.items()}, metadata={"format": "pt"}))
     atomic_write_text(out / "adapter_config.json", json.dumps(config, indent=2))

@@ -16,7 +16,7 @@ if [ "$mode" = start ]; then
   python3 -m mlx_reptilora tasks --model "$GGUF" | tail -8  # caches pydoc once
   mkdir -p $EXP
   for t in .exp/*.tar; do [ -f "$t" ] && tar xf "$t" -C $EXP; done  # finished starts / checkpoints of a lost lease
-  setsid nohup python3 scripts/paper_experiment.py --stage all --jobs "${JOBS:-6}" --micro-batch 8 \
+  setsid nohup python3 docs/records/paper_experiment.py --stage all --jobs "${JOBS:-6}" --micro-batch 8 \
       --batch-size 128 --model "$GGUF" --out $EXP "$@" > $EXP/driver.log 2>&1 < /dev/null &
 fi
 end=$((SECONDS + budget))

@@ -1,6 +1,10 @@
 """The paper's experiment (its Tables 1-3, Figures 2-3) on the five offline tasks — issue #8.
 
-    python scripts/paper_experiment.py [--stage meta|tune|test|why|report|all] [--jobs N] [--out runs/experiment]
+Frozen: the record of how docs/RESULTS.md's issue #8 numbers were made, kept runnable. New
+experiments are plans of scripts/experiment.py; what the two share (cells, intervals, metrics
+records, query-loss curves) is mlx_reptilora/evaluation/report.py.
+
+    python docs/records/paper_experiment.py [--stage meta|tune|test|why|report|all] [--jobs N] [--out runs/experiment]
 
 Stages, each skipping work already on disk (re-run after a crash and it carries on):
   meta    meta-train every start concurrently (--jobs processes): the variants tuned on the validation
@@ -30,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the package of this checkout
+from mlx_reptilora.evaluation import report as shared  # noqa: E402
 
 TASKS = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc"]
 # What the paper leaves open, tried on the validation splits. "paper" is Kim et al. as written.
@@ -127,7 +134,7 @@ def _early_start(out: Path, episodes: int) -> Path:
     run = out / "meta" / "all-paper"
     dest = out / "meta" / f"all-paper-at-{episodes}"
     if not (dest / adapters.WEIGHTS).exists():
-        _, theta, _ = checkpoint.load(run / "checkpoints" / f"episode-{episodes:06d}")
+        theta = checkpoint.load(run / "checkpoints" / f"episode-{episodes:06d}")[1]["params"]["theta"]
         raw = json.loads((run / adapters.CONFIG).read_text())
         adapters.write(dest, theta, adapters.read_config(run), raw["num_layers"], {**raw, "episodes": episodes})
     return dest
@@ -315,14 +322,12 @@ def stage_report(args, out: Path) -> None:
     for name, rows in (("a", a), ("b", b)):
         for t in TASKS:
             for k in (0, 1, 5):
-                lo = compare._cell(rows, t, "lora", k)
-                re = compare._cell(rows, t, "reptilora", k)
+                lo = shared.cell(rows, t, "lora", k)
+                re = shared.cell(rows, t, "reptilora", k)
                 if not (lo and re):
                     continue
                 gaps.append({"protocol": name, "task": t, "shots": k, "lora": lo["rougeL"], "reptilora": re["rougeL"],
-                             "gain": re["rougeL"]["mid"] - lo["rougeL"]["mid"],
-                             "apart": re["rougeL"]["low"] > lo["rougeL"]["high"]
-                             or lo["rougeL"]["low"] > re["rougeL"]["high"]})
+                             "gain": re["rougeL"]["mid"] - lo["rougeL"]["mid"], "apart": shared.apart(re, lo)})
     for t in TASKS:
         compare.chart(a, t, cfg, report / f"a-{t}.png", REPTILE)
         compare.chart(b, t, replace(cfg, systems=["lora", "reptilora"]), report / f"b-{t}.png", REPTILE)
@@ -352,12 +357,10 @@ def curves(out: Path, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), dpi=120, squeeze=False)
     for ax, run in zip(axes[0], runs):
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
-        rows = [r for r in rows if "query_loss_after" in r]
-        window = max(1, min(5, len(rows)))  # monitored episodes rotate through tasks: smooth over a few
-        for key, label in (("query_loss_before", "before adapting (θ)"), ("query_loss_after", "after T steps")):
-            ys = np.convolve([r[key] for r in rows], np.ones(window) / window, mode="valid")
-            ax.plot([r["episode"] for r in rows][window - 1:], ys, label=label)
+        episodes, before, after = shared.query_losses(run / "metrics.jsonl")
+        window = max(1, min(5, len(episodes)))  # monitored episodes rotate through tasks: smooth over a few
+        for ys, label in ((before, "before adapting (θ)"), (after, "after T steps")):
+            ax.plot(episodes[window - 1:], np.convolve(ys, np.ones(window) / window, mode="valid"), label=label)
         ax.set(title=run.name, xlabel="episode", ylabel="query loss (mean of 5 monitored episodes)")
         ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
