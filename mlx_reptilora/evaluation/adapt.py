@@ -33,7 +33,7 @@ class AdaptOptions(StepOptions):
                                      "of steps (0 to twice the recipe's) with the lowest held-out loss; needs "
                                      "k >= 2 and costs about k times the adaptation",
                                default_text="the start's recipe, else 7")
-    lr: float | None = option(None, "adaptation learning rate (steps above 1 diverged in every measurement)", gt=0,
+    lr: float | None = option(None, "adaptation learning rate", gt=0,
                               max=1, default_text="the start's recipe, else 5e-4")
     optimizer: str | None = option(None, "adamw | adam0 (Adam with beta1 = 0) | sgd", choices=OPTIMIZERS,
                                    default_text="the start's recipe, else adamw")

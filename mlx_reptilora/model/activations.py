@@ -1,13 +1,13 @@
-"""What a training step keeps for its backward pass: two choices, both off by default, that issue
-#18's measurements priced (benchmarks/RESULTS.md, "GPU speed and memory").
+"""What a training step keeps for its backward pass: two choices, both off by default (their price
+is in benchmarks/RESULTS.md, "GPU speed and memory").
 
 - The LoRA branch in the base's dtype (`lora_dtype="base"`). mlx-lm's LoRALinear multiplies the
   dropped input by the float32 adapters, so with a bf16 base that input is promoted and kept in
-  float32 for the backward: 1.2 GB of the Llama-2-7B step. PyTorch's autocast runs PEFT's LoRA in
+  float32 for the backward. PyTorch's autocast runs PEFT's LoRA in
   bf16; "base" does the same: the adapters are cast to the input's dtype inside the step, and they,
   their gradients and the optimizer's state stay float32. With a float32 base it changes nothing.
 - SwiGLU recomputed (`recompute_swiglu=True`): silu(gate) * up inside mx.checkpoint, so the backward
-  keeps gate and up and recomputes the sigmoid and the product (1.2 GB of the 7B step, no time).
+  keeps gate and up and recomputes the sigmoid and the product.
 
 Both act while a step is traced (the compiled graph keeps them); generation is untouched.
 """
@@ -33,7 +33,7 @@ def _lora_in_input_dtype(self, x: mx.array) -> mx.array:
     return y + (self.scale * z).astype(x.dtype)
 
 
-# written out, not mlx-lm's compiled swiglu: this is the form the H200 numbers were measured with
+# written out, not mlx-lm's compiled swiglu: the form benchmarks/RESULTS.md measured
 _recomputed_swiglu = mx.checkpoint(lambda gate, up: nn.silu(gate) * up)
 
 

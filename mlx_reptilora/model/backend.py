@@ -17,9 +17,8 @@ def apply_limits() -> None:
       several processes sharing one GPU (scripts/experiment.py --jobs) each hold their cache and run
       out; this caps it.
     - MLX_REPTILORA_MEMORY_LIMIT_GB: MLX's memory limit. On CUDA the peak counts buffers that queued
-      kernels still hold (the host runs ahead of the GPU); past the limit evaluation waits for them.
-      The Llama-2-7B-shaped step peaked at 34.1 GB by default and 26.4 GB at a 24 GB limit, 12%
-      slower (benchmarks/RESULTS.md)."""
+      kernels still hold (the host runs ahead of the GPU); past the limit evaluation waits for them,
+      trading some speed for a lower peak (benchmarks/RESULTS.md prices it)."""
     for name, setter in (("MLX_REPTILORA_CACHE_LIMIT_GB", mx.set_cache_limit),
                          ("MLX_REPTILORA_MEMORY_LIMIT_GB", mx.set_memory_limit)):
         gb = os.environ.get(name)

@@ -1,8 +1,8 @@
 """How a quantized (QLoRA) base multiplies in a training step.
 
 MLX's quantized matmul kernel is built for decoding (a few rows at a time); a training step
-multiplies thousands of rows, where it ran the Llama-2-7B-shaped step at 0.28x the bf16 speed on an
-H100 (benchmarks/RESULTS.md). "dense" dequantizes each frozen weight to the compute dtype just in
+multiplies thousands of rows, where it is much slower than the bf16 GEMM (benchmarks/RESULTS.md has
+the measurement). "dense" dequantizes each frozen weight to the compute dtype just in
 time and uses the dense GEMM; inside mx.checkpoint, so the backward dequantizes it again instead of
 keeping every layer's dense copy alive (that would cost the bf16 model's memory).
 """
