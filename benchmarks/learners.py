@@ -70,8 +70,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=7, help="T of the learner comparison (the paper's 7)")
     ap.add_argument("--sweep", default="1,2,4,8", help="T values of the MAML / FOMAML sweep")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated rows to measure (reptile, the ratios' base, always)")
     ap.add_argument("--out", default="benchmarks/out")
     args = ap.parse_args(argv)
+    only = {x for x in args.only.split(",") if x}
 
     import mlx_reptilora  # noqa: F401 -- OpenBLAS before mlx.core
 
@@ -89,6 +91,8 @@ def main(argv=None) -> dict:
 
     results = []
     for name, settings in LEARNERS:
+        if only and name != "reptile" and name not in only:
+            continue
         settings = dict(settings)
         learner = settings.pop("learner", name)
         results.append(measure(model, make_cfg, rows, query, args.steps, learner, settings, args.repeats, name))
