@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -208,6 +209,19 @@ def _cli(args, env=None):
     return [sys.executable, "-m", "mlx_reptilora", "meta-train", *args]
 
 
+def kill_after(proc: subprocess.Popen, out: Path, episodes: int) -> subprocess.Popen:
+    """SIGKILL a meta-train process once its metrics.jsonl holds `episodes` lines (or it ended)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        m = out / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= episodes:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
 def test_kill_9_then_resume_is_bit_identical(tiny_dir, tmp_path):
     kill_9_then_resume(tiny_dir, tmp_path)
 
@@ -222,16 +236,8 @@ def kill_9_then_resume(tiny_dir, tmp_path, extra=()):
     assert straight.returncode == 0, straight.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(args + ["--out", str(killed)]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        m = killed / "metrics.jsonl"
-        if m.exists() and len(m.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_after(subprocess.Popen(_cli(args + ["--out", str(killed)]), stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True), killed, 3)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "adapters.safetensors").exists()  # it really died part-way
 

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,6 +16,7 @@ from mlx_reptilora.meta import config, start as starts
 from mlx_reptilora.meta.learner import GradientLearner, TaskResult
 from mlx_reptilora.model import adapters
 from tests.conftest import run_cli
+from tests.test_meta_train import kill_after
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,17 +78,10 @@ def test_a_generator_start_runs_through_every_command(tiny_dir, tmp_path):
     # package first, which loads its BLAS before mlx.core does), resume
     code = ("import sys, mlx_reptilora; import tests.test_starts; from mlx_reptilora.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, "meta-train", *model, *ARGS, "--episodes", "5",
-                             "--out", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        m = killed / "metrics.jsonl"
-        if m.exists() and len(m.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_after(subprocess.Popen([sys.executable, "-c", code, "meta-train", *model, *ARGS, "--episodes", "5",
+                                        "--out", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}),
+                      killed, 2)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     assert not (killed / starts.ARRAYS).exists()
     resumed = run_cli("meta-train", *model, *ARGS, "--episodes", "5", "--out", killed, "--resume")
