@@ -128,13 +128,13 @@ def test_first_order_maml_equals_fomaml_with_sgd(tiny):
     assert_close(a, b, rel=1e-5)
 
 
-@pytest.mark.parametrize("learner", ["fomaml", "maml"])
+@pytest.mark.parametrize("learner", ["fomaml", "maml", "hyper"])
 def test_no_retrace_per_episode(tiny, learner):
     adapters.attach(tiny.model, adapters.LoraConfig(rank=4))
     rng = np.random.default_rng(0)
     make = lambda: [prompts.Tokenized(rng.integers(10, 1000, 100).astype(np.int32), 80, False) for _ in range(4)]  # noqa: E731
     meta, inner = learner_and_loop(tiny.model, learner, inner_steps=2)
-    theta = meta.init(inner.weights())
+    theta = meta.init(inner.weights(), inner)
 
     def episode(t):
         return meta.step(theta, [episodes.Episode(t, "r", make(), make()[:2])], inner, t).params

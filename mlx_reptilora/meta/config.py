@@ -13,6 +13,7 @@ from ..model import adapters, models
 from ..options import option
 from .distributed import World
 from .fomaml import FOMAML
+from .hyper import Hyper, HyperOptions
 from .inner_config import OPTIMIZERS, InnerConfig, StepOptions
 from .learner import Learner, OuterOptions
 from .maml import MAML, LslrOptions, MamlOptions
@@ -29,15 +30,16 @@ def register(cls: type[Learner]) -> type[Learner]:
     return cls
 
 
-for _cls in (Reptile, FOMAML, MAML, MetaSGD):
+for _cls in (Reptile, FOMAML, MAML, MetaSGD, Hyper):
     register(_cls)
 
 
 @dataclass
 class EpisodeOptions:
     learner: str = option("reptile", "the meta-learner: reptile (the paper), fomaml (first-order MAML, "
-                                     "MeTA-LoRA's rule), maml (second order; README, \"Learners\") or meta-sgd "
-                                     "(maml with a learned inner learning rate per element)",
+                                     "MeTA-LoRA's rule), maml (second order; README, \"Learners\"), meta-sgd "
+                                     "(maml with a learned inner learning rate per element) or hyper (maml from a "
+                                     "start generated from the task's shots)",
                           choices=LEARNERS.keys())  # a live view: a learner registered later is a choice too
     tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated task names or folders (mlx-reptilora tasks lists them)")
     task_weights: list[float] | None = option(None, "comma-separated sampling weights, one per task", min=0,
@@ -51,13 +53,13 @@ class EpisodeOptions:
     inner_lr: float | None = option(None, "inner learning rate", gt=0, max=1,
                                     default_text="5e-4 for adamw/adam0, 0.1 for sgd")
     inner_optimizer: str | None = option(None, "adamw | adam0 (Adam with beta1 = 0, as in Reptile) | sgd",
-                                         choices=OPTIMIZERS, default_text="the learner's: adamw; sgd for maml and "
-                                                                          "meta-sgd")
+                                         choices=OPTIMIZERS, default_text="the learner's: adamw; sgd for maml, "
+                                                                          "meta-sgd and hyper")
     inner_batch: int | None = option(None, "examples per inner step", min=1, default_text="the whole support set")
 
 
 @dataclass
-class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, LslrOptions, MamlOptions, OuterOptions,
+class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, HyperOptions, LslrOptions, MamlOptions, OuterOptions,
                       ReptileOptions, StepOptions, EpisodeOptions, ValidOptions):
     max_length: int = option(512, "max tokens per example; inputs are truncated, targets never", min=16,
                              aliases=("--max-seq-length",))

@@ -32,7 +32,6 @@ __all__ = ["InnerConfig", "InnerLoop", "NonFiniteLoss", "Trajectory"]  # InnerCo
 @dataclass
 class Trajectory:
     """The inner steps of a task: φ_t, ∇L_S(φ_t), the RNG seed and the loss of each step, and φ_T."""
-
     states: list[dict]
     grads: list[dict]
     seeds: list[int | None]
@@ -280,10 +279,10 @@ class InnerLoop:
         with self.at(weights):
             return self.gradient(examples, where)
 
-    def pooled(self, examples) -> mx.array:
-        """The base model's last hidden states of each example, averaged over its tokens: (n, hidden)
-        in the order given, what a task-conditioned learner encodes. The adapters' B are zeroed while
-        it runs (LoRA with B = 0 is the base model) and dropout is off; nothing is differentiated."""
+    def pooled(self, examples, inputs_only: bool = False) -> mx.array:
+        """The base model's last hidden states of each example averaged over its tokens (its input's
+        alone with `inputs_only`): (n, hidden) in the order given, what a task-conditioned learner
+        encodes. B is zeroed while it runs (the base model) and dropout is off; no gradient flows."""
         base = {k: mx.zeros_like(v) if k.endswith("lora_b") else v for k, v in self.weights().items()}
         was, out = self.model.training, []
         self.model.eval()
@@ -292,7 +291,8 @@ class InnerLoop:
                 for i in range(0, len(examples), self.cfg.micro_batch):
                     b = episodes.make_batch(list(examples[i:i + self.cfg.micro_batch]), self.bucket_lengths)
                     hidden = self.model.model(mx.array(b.tokens)).astype(mx.float32)
-                    mask = (mx.arange(hidden.shape[1])[None] < mx.array(b.lengths)[:, None])[..., None]
+                    upto = mx.array(b.prompt_lens if inputs_only else b.lengths)[:, None]
+                    mask = (mx.arange(hidden.shape[1])[None] < upto)[..., None]
                     out.append(mx.stop_gradient((hidden * mask).sum(1) / mx.maximum(mask.sum(1), 1)))
                     mx.eval(out[-1])
         finally:

@@ -1,0 +1,152 @@
+"""A start generated from the task's shots: a hypernetwork over MAML (Text-to-LoRA's "M" design,
+conditioned on examples as Drag-and-Drop and MetaLoRA are, refined by gradient steps).
+
+The task embedding z is the frozen base's own hidden states of the support examples, averaged over
+tokens and shots (InnerLoop.pooled), RMS-normalised; with no shots it is a learned null embedding.
+A generator adds to every LoRA tensor of a meta-learned point θ:
+
+    φ₀ = θ + G(z),   G(z)_{l,m} = H_m tanh(W z + e_l + e_m),
+
+one hidden layer shared by every tensor, an embedding per layer l and per kind of tensor m (module
+and A or B), and one output head H_m per kind, shared over layers. H starts at 0, so G = 0 and the
+first step is MAML's. From φ₀ the task is adapted by MAML's T differentiable SGD steps (with its
+MAML++ options); the meta-gradient v = ∇_{φ₀} L_Q reaches θ as it is, and the generator as
+J_G(z)ᵀ v. With --first-order, v is the query gradient at φ_T (FOMAML's). A share of episodes
+(--hyper-null) are 0-shot ones: z is the null embedding and the query loss is taken at φ₀, which is
+what teaches the null embedding; a 0-shot start is θ + G(null).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from ..model import adapters
+from ..options import option
+from . import start as starts
+from .learner import OuterOptions, TaskResult
+from .maml import MAML, LslrOptions, MamlOptions
+
+
+@dataclass
+class HyperOptions:
+    hyper_hidden: int = option(64, "hyper: width of the generator's hidden layer", min=1)
+    hyper_inputs_only: bool = option(False, "hyper: embed the shots' inputs only (their prompts without the "
+                                            "answers), as Drag-and-Drop conditions on unlabeled prompts")
+    hyper_null: float = option(0.1, "hyper: share of tasks meta-trained at 0 shots (the null embedding, no "
+                                    "inner steps), so a start for no shots is learned too", min=0, max=1)
+
+
+def _kind(name: str) -> tuple[int, str]:
+    """(layer, kind) of a LoRA tensor's name: kind is the module path and lora_a or lora_b."""
+    m = adapters._BLOCK_LORA.match(name)
+    return int(m[1]), f"{m[2]}.{m[3]}"
+
+
+def init(theta: dict, hidden_size: int, width: int, key: mx.array) -> dict:
+    """The generator's arrays; its heads are 0, so G(z) = 0 for every z."""
+    kinds = {}
+    for name, v in sorted(theta.items(), key=lambda kv: (_kind(kv[0])[1], _kind(kv[0])[0])):
+        layer, kind = _kind(name)
+        kinds.setdefault(kind, (v.size, []))[1].append(layer)
+    layers = sorted({layer for _, ls in kinds.values() for layer in ls})
+    k = mx.random.split(key, 3)
+    return {"null": mx.zeros((hidden_size,)),
+            "w": mx.random.normal((hidden_size, width), key=k[0]) / math.sqrt(hidden_size),
+            "layer": {str(layer): 0.02 * mx.random.normal((width,), key=mx.random.split(k[1], len(layers))[i])
+                      for i, layer in enumerate(layers)},
+            "kind": {kind: 0.02 * mx.random.normal((width,), key=mx.random.split(k[2], len(kinds))[i])
+                     for i, kind in enumerate(kinds)},
+            "head": {kind: mx.zeros((width, size)) for kind, (size, _) in kinds.items()}}
+
+
+def embed(gen: dict, pooled: mx.array | None) -> mx.array:
+    """z: the shots' mean pooled hidden state (or the null embedding), RMS-normalised."""
+    z = gen["null"] if pooled is None else pooled.mean(0)
+    return z * mx.rsqrt((z * z).mean() + 1e-6)
+
+
+def generate(gen: dict, z: mx.array, theta: dict) -> dict:
+    """φ₀ = θ + G(z), every tensor's delta from its kind's head."""
+    h0 = z @ gen["w"]
+    by_kind: dict[str, list[str]] = {}
+    # kinds and layers in one order however θ's dict was built (a model, a checkpoint): the head's
+    # gradient sums over layers, and float sums depend on their order (resume is bit-identical)
+    for name in sorted(theta, key=lambda n: (_kind(n)[1], _kind(n)[0])):
+        by_kind.setdefault(_kind(name)[1], []).append(name)
+    out = {}
+    for kind, names in by_kind.items():
+        h = mx.tanh(h0 + mx.stack([gen["layer"][str(_kind(n)[0])] for n in names]) + gen["kind"][kind])
+        deltas = h @ gen["head"][kind]  # (layers of this kind, elements of one tensor)
+        out.update({n: theta[n] + deltas[i].reshape(theta[n].shape) for i, n in enumerate(names)})
+    return out
+
+
+@starts.register
+class HyperStart(starts.Start):
+    kind = "hyper"
+
+    def __init__(self, lora, arrays: dict, inputs_only: bool = False):
+        super().__init__(lora, arrays)
+        self.inputs_only = inputs_only
+
+    def for_task(self, inner, shots) -> dict:
+        pooled = inner.pooled(shots, self.inputs_only) if shots else None
+        return generate(self.arrays["gen"], embed(self.arrays["gen"], pooled), self.arrays["theta"])
+
+    def save(self, folder: str | Path, n_layers: int, extra: dict | None = None) -> Path:
+        return super().save(folder, n_layers, {**(extra or {}), "hyper": {"inputs_only": self.inputs_only}})
+
+    @classmethod
+    def read(cls, folder: Path) -> starts.Start:
+        start = super().read(folder)
+        start.inputs_only = bool((adapters.recorded(folder, "hyper", {}) or {}).get("inputs_only", False))
+        return start
+
+
+class Hyper(MAML):
+    name, label = "hyper", "Hyper start"
+    options = (OuterOptions, MamlOptions, LslrOptions, HyperOptions)
+
+    @classmethod
+    def label_of(cls, described: dict) -> str:
+        return "Hyper start (MAML++)" if described.get("lslr") else cls.label
+
+    def init(self, theta: dict, inner=None) -> dict:
+        hidden = inner.model.args.hidden_size  # the width of the base's last hidden state (mlx-lm's args)
+        gen = init(theta, hidden, self.cfg.hyper_hidden, mx.random.key(self.cfg.seed))
+        return {**super().init(theta, inner), "gen": gen}
+
+    def start(self, params: dict, lora) -> starts.Start:
+        return HyperStart(lora, {"theta": params["theta"], "gen": params["gen"]}, self.cfg.hyper_inputs_only)
+
+    def task(self, params, episode, inner, rng, t) -> TaskResult:
+        gen, theta = params["gen"], params["theta"]
+        null = rng is not None and rng.random() < self.cfg.hyper_null
+        z = embed(gen, None if null else inner.pooled(episode.support, self.cfg.hyper_inputs_only))
+        phi0 = generate(gen, z, theta)
+        mx.eval(phi0)
+        if null:  # a 0-shot task: the query loss at φ₀ itself (logged as every step's, zero_shot: 1)
+            loss, v = inner.gradient_at(phi0, episode.query, "query loss")
+            result = TaskResult({"theta": v, **({"rates": {k: mx.zeros_like(x) for k, x in self.rates(params).items()}}
+                                                if self.rates(params) else {})}, phi0,
+                                {"inner_losses": [loss] * self.cfg.inner_steps, "query_loss_adapted": loss})
+        else:
+            result = super().task({**params, "theta": phi0}, episode, inner, rng, t)
+        v = result.contribution["theta"]
+        at = (lambda g: embed(g, None)) if null else (lambda g: z)  # a 0-shot z is the null embedding's own
+        g_gen = mx.grad(lambda g: sum((d * v[k]).sum() for k, d in generate(g, at(g), theta).items()))(gen)
+        mx.eval(g_gen)
+        result.contribution["gen"] = g_gen
+        result.metrics["zero_shot"] = int(null)
+        return result
+
+    def tokens(self, episode) -> int:
+        return super().tokens(episode) + sum(len(x.ids) for x in episode.support)  # the embedding's pass
+
+    def describe(self) -> dict:
+        return {**super().describe(), "hyper_hidden": self.cfg.hyper_hidden,
+                "hyper_inputs_only": self.cfg.hyper_inputs_only, "hyper_null": self.cfg.hyper_null}

@@ -1,0 +1,97 @@
+"""--learner hyper: a start generated from the task's shots. With its heads at 0 (G = 0) its step is
+MAML's; the generator's gradient is the pull-back of MAML's; it meta-trains, resumes bit-identically
+and adapts through the CLI, and what adapt writes is an ordinary mlx-lm adapter."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_reptilora.data import prompts
+from mlx_reptilora.meta import hyper, start as starts
+from mlx_reptilora.model import adapters
+from tests.conftest import assert_close, run_cli
+from tests.test_learners import episode_of, learner_and_loop, nudged
+
+
+def test_with_g_zero_the_step_is_maml(tiny):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    ep = episode_of(tiny.tokenizer)
+    theta = nudged(tiny.model)
+    maml, inner = learner_and_loop(tiny.model, "maml", inner_steps=2, inner_lr=0.05)
+    hyp, _ = learner_and_loop(tiny.model, "hyper", inner_steps=2, inner_lr=0.05, hyper_null=0.0)
+    params = hyp.init(theta, inner)
+    assert all(float(mx.abs(h).max()) == 0 for h in params["gen"]["head"].values())
+    assert all(mx.array_equal(x, theta[k]).item() for k, x in hyper.generate(params["gen"], mx.ones(params["gen"]["null"].shape), theta).items())
+    mx.random.seed(5)
+    want = maml.task({"theta": theta}, ep, inner, np.random.default_rng(0), 0).contribution
+    mx.random.seed(5)
+    got = hyp.task(params, ep, inner, np.random.default_rng(0), 0).contribution
+    assert_close(got["theta"], want["theta"], rel=1e-6)
+    # the generator's gradient is G's Jacobian applied to v: at H = 0 only the heads receive it,
+    # each the outer product of its tanh layer with v
+    assert all(float(mx.abs(g).max()) == 0 for g in got["gen"]["layer"].values()) and float(mx.abs(got["gen"]["w"]).max()) == 0
+    z = hyper.embed(params["gen"], inner.pooled(ep.support))
+    kind = hyper._kind(next(iter(theta)))[1]
+    names = [n for n in theta if hyper._kind(n)[1] == kind]
+    hs = mx.stack([mx.tanh(z @ params["gen"]["w"] + params["gen"]["layer"][str(hyper._kind(n)[0])]
+                           + params["gen"]["kind"][kind]) for n in names])
+    want_head = hs.T @ mx.stack([want["theta"][n].reshape(-1) for n in names])
+    assert mx.allclose(got["gen"]["head"][kind], want_head, rtol=1e-4, atol=1e-7).item()
+
+
+def test_a_zero_shot_task_trains_the_null_embedding(tiny):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    ep = episode_of(tiny.tokenizer)
+    hyp, inner = learner_and_loop(tiny.model, "hyper", inner_steps=2, inner_lr=0.05, hyper_null=1.0)
+    params = hyp.init(nudged(tiny.model), inner)
+    params["gen"]["head"] = {k: 0.01 * mx.ones(v.shape) for k, v in params["gen"]["head"].items()}
+    params["gen"]["null"] = mx.ones(params["gen"]["null"].shape)
+    result = hyp.task(params, ep, inner, np.random.default_rng(0), 0)
+    assert result.metrics["zero_shot"] == 1
+    assert float(mx.abs(result.contribution["gen"]["null"]).sum()) > 0
+    phi0 = hyper.generate(params["gen"], hyper.embed(params["gen"], None), params["theta"])
+    assert all(mx.array_equal(result.adapted[k], phi0[k]).item() for k in phi0)  # no inner steps at 0 shots
+
+
+def test_hyper_meta_trains_resumes_and_adapts_to_a_plain_adapter(tiny_dir, tmp_path):
+    model = ["--model", str(tiny_dir)]
+    args = [*model, "--learner", "hyper", "--tasks", "aclsum-title,pydoc", "--support", "3", "--query", "3",
+            "--inner-steps", "2", "--rank", "4", "--max-length", "128", "--hyper-hidden", "8", "--hyper-null", "0.5",
+            "--eval-every", "2", "--checkpoint-every", "1", "--quiet"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli("meta-train", *args, "--episodes", "4", "--out", straight).returncode == 0
+    assert run_cli("meta-train", *args, "--episodes", "2", "--out", resumed).returncode == 0
+    ran = run_cli("meta-train", *args, "--episodes", "4", "--out", resumed, "--resume")
+    assert ran.returncode == 0, ran.stderr
+    assert (resumed / starts.ARRAYS).read_bytes() == (straight / starts.ARRAYS).read_bytes()
+    records = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert {r["zero_shot"][0] for r in records} <= {0, 1} and len(records) == 4
+    start = starts.read(straight)
+    assert isinstance(start, hyper.HyperStart) and float(mx.abs(start.arrays["gen"]["head"]["self_attn.q_proj.lora_a"]).sum()) > 0
+
+    adapted = run_cli("adapt", *model, "--adapters", straight, "--task", "pydoc", "--shots", "2", "--out",
+                      tmp_path / "adapted")
+    assert adapted.returncode == 0, adapted.stderr
+    assert not (tmp_path / "adapted" / starts.ARRAYS).exists()
+    from mlx_lm.tuner.utils import load_adapters  # what mlx_lm.generate --adapter-path runs
+
+    from mlx_reptilora.model import models
+    loaded = load_adapters(models.load(str(tiny_dir), verbose=False).model, str(tmp_path / "adapted"))
+    mine = adapters.read_weights(tmp_path / "adapted")
+    assert all(mx.array_equal(v, mine[k]).item() for k, v in adapters.get_weights(loaded).items())
+    compared = run_cli("compare", *model, "--adapters", straight, "--tasks", "pydoc", "--shots", "0,1", "--draws", "1",
+                       "--limit", "2", "--systems", "lora,meta", "--out", tmp_path / "cmp")
+    assert compared.returncode == 0, compared.stderr
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["start_label"] == "Hyper start"
+
+
+def test_inputs_only_embeds_the_prompts(tiny):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
+
+    inner = InnerLoop(tiny.model, InnerConfig(micro_batch=2), [64, 128])
+    rows = [prompts.Tokenized(np.arange(1, 41, dtype=np.int32), 20, False)]
+    prompt = [prompts.Tokenized(np.arange(1, 21, dtype=np.int32), 20, False)]
+    assert mx.allclose(inner.pooled(rows, inputs_only=True), inner.pooled(prompt), atol=1e-5).item()
+    assert not mx.allclose(inner.pooled(rows), inner.pooled(prompt), atol=1e-3).item()
