@@ -122,6 +122,8 @@ def test_a_generator_start_runs_through_every_command(tiny_dir, tmp_path):
     staged = run_cli("push", straight, "someone/gen", "--dry-run", "--out", tmp_path / "up")
     assert staged.returncode == 0, staged.stderr
     assert (tmp_path / "up" / starts.ARRAYS).exists() and not (tmp_path / "up" / "peft").exists()
+    card = (tmp_path / "up" / "README.md").read_text()
+    assert "a test-generator start" in card and "PeftModel" not in card  # the card says how to use what it is
 
 
 def test_the_functional_core_leaves_the_model_as_it_was(tiny):

@@ -147,6 +147,27 @@ def model_card(start: Path, repo_id: str) -> str:
         validation = ("\n## Adaptation recipe\n\n`mlx-reptilora adapt` uses the recipe of the nearest shot count.\n\n"
                       "| shots | recipe | chosen by |\n| --- | --- | --- |\n" + "\n".join(lines) + "\n")
     shown_base = base or "<the base model>"
+    kind = config.get("start_kind")  # a start that is not one point: it makes adapters from a task's shots
+    usage = (f"""```bash
+mlx-reptilora adapt --adapters {repo_id} --task my-task-folder --shots 5 --out runs/adapted
+mlx_lm.generate --model {shown_base} --adapter-path runs/adapted --prompt "..."
+```
+
+This start is a {kind} start: it generates the adapters for a task from the task's shots, so it is
+not itself an adapter that mlx-lm or PEFT loads; `adapt` writes one for your task.
+""" if kind else f"""```bash
+mlx-reptilora adapt --adapters {repo_id} --task my-task-folder --shots 5 --out runs/adapted
+mlx_lm.generate --model {shown_base} --adapter-path "$(hf download {repo_id})" --prompt "..."
+```
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{shown_base}")
+model = PeftModel.from_pretrained(model, "{repo_id}", subfolder="{PEFT_SUBFOLDER}")
+```
+""")
     return str(ModelCard(f"""---
 {data.to_yaml()}
 ---
@@ -166,19 +187,7 @@ Tasks: {', '.join(task_names) or 'not recorded'}.
 {validation}
 ## Usage
 
-```bash
-mlx-reptilora adapt --adapters {repo_id} --task my-task-folder --shots 5 --out runs/adapted
-mlx_lm.generate --model {shown_base} --adapter-path "$(hf download {repo_id})" --prompt "..."
-```
-
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-
-model = AutoModelForCausalLM.from_pretrained("{shown_base}")
-model = PeftModel.from_pretrained(model, "{repo_id}", subfolder="{PEFT_SUBFOLDER}")
-```
-"""))
+{usage}"""))
 
 
 def stage(start: str | Path, repo_id: str, out: str | Path, export=adapters.to_peft) -> Path:
