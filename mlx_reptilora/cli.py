@@ -94,13 +94,32 @@ def list_tasks(names: Optional[list[str]] = typer.Argument(None, help="task name
                                                                        "as the model sees it"),
                model: Optional[str] = typer.Option(None, help=MODEL_HELP + " (its tokenizer is used)"),
                max_length: int = typer.Option(512, help="truncate inputs to fit this many tokens"),
-               include_hub: bool = typer.Option(False, "--hub", help="also try the paper's hub corpora (network)")):
+               include_hub: bool = typer.Option(False, "--hub", help="also try the paper's hub corpora (network)"),
+               similarity: bool = typer.Option(False, "--similarity", help="each task's embedding as --learner "
+                                               "hyper makes it, and their cosine similarity: each task's nearest, "
+                                               "and a heatmap"),
+               examples: int = typer.Option(16, help="with --similarity: training examples per task", min=1),
+               inputs_only: bool = typer.Option(False, "--inputs-only", help="with --similarity: embed the inputs "
+                                                "alone (hyper's --hyper-inputs-only)"),
+               out: str = typer.Option("runs/task-similarity.png", help="with --similarity: the heatmap")):
     """List the tasks: group, kind, metric, split sizes and token statistics, then each one's source
-    and licence. With names or folders: what the library sees of each."""
+    and licence. With names or folders: what the library sees of each. With --similarity: which tasks
+    look alike to a task-conditioned start."""
     from mlx_lm.utils import load_tokenizer
 
     from .data import show, tasks
     from .model import models
+
+    if similarity:
+        from .evaluation import similarity as sim
+        from .paths import writable_folder
+
+        loaded = tasks.load_many(list(names)) if names else [t for t in map(_available, tasks.OFFLINE_TASKS) if t]
+        writable_folder(Path(out).parent, "--out")
+        base = models.load(model)
+        matrix = sim.cosine(sim.embeddings(base, loaded, examples, max_length, inputs_only))
+        typer.echo("\n".join(sim.report([t.name for t in loaded], matrix, Path(out))))
+        return
 
     tokenizer = load_tokenizer(models.resolve(model))
     if names:
@@ -130,6 +149,16 @@ def list_tasks(names: Optional[list[str]] = typer.Argument(None, help="task name
     typer.echo(f"\n{'task':<26} {'licence':<24} source")
     for line in sources:
         typer.echo(line)
+
+
+def _available(name: str):
+    """The task, or None when its corpus is not on this machine (the listing says why)."""
+    from .data import tasks
+
+    try:
+        return tasks.load(name)
+    except UserError:
+        return None
 
 
 def _command(name: str, cls, run, doc: str) -> None:

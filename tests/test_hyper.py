@@ -95,3 +95,12 @@ def test_inputs_only_embeds_the_prompts(tiny):
     prompt = [prompts.Tokenized(np.arange(1, 21, dtype=np.int32), 20, False)]
     assert mx.allclose(inner.pooled(rows, inputs_only=True), inner.pooled(prompt), atol=1e-5).item()
     assert not mx.allclose(inner.pooled(rows), inner.pooled(prompt), atol=1e-3).item()
+
+
+def test_tasks_similarity_shows_which_tasks_look_alike(tiny_dir, tmp_path):
+    ran = run_cli("tasks", "--similarity", "aclsum-title", "aclsum-outcome", "pydoc", "--model", str(tiny_dir),
+                  "--examples", "2", "--max-length", "64", "--out", tmp_path / "sim.png")
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("aclsum-title") and "nearest:" in lines[0] and len(lines) == 4
+    assert (tmp_path / "sim.png").stat().st_size > 0

@@ -69,3 +69,17 @@ def reliability(path: Path, title: str, series: dict[str, dict]) -> None:
     ax.legend(frameon=False, fontsize=7, loc="upper left")
     fig.tight_layout()
     _save(fig, path)
+
+
+def similarity(path: Path, names: list[str], matrix) -> None:
+    """A heatmap of the tasks' pairwise cosine similarity."""
+    plt = _pyplot()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.28 * n, 2 + 0.28 * n), dpi=120)
+    im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(n), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(n), names, fontsize=6)
+    ax.set_title("task embeddings: cosine similarity", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    fig.tight_layout()
+    _save(fig, path)
