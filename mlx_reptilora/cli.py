@@ -117,8 +117,8 @@ def list_tasks(names: Optional[list[str]] = typer.Argument(None, help="task name
         loaded = tasks.load_many(list(names)) if names else [t for t in map(_available, tasks.OFFLINE_TASKS) if t]
         writable_folder(Path(out).parent, "--out")
         base = models.load(model)
-        matrix = sim.cosine(sim.embeddings(base, loaded, examples, max_length, inputs_only))
-        typer.echo("\n".join(sim.report([t.name for t in loaded], matrix, Path(out))))
+        z = sim.embeddings(base, loaded, examples, max_length, inputs_only)
+        typer.echo("\n".join(sim.report([t.name for t in loaded], z, Path(out))))
         return
 
     tokenizer = load_tokenizer(models.resolve(model))

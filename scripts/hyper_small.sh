@@ -17,4 +17,5 @@ echo "+ mlx_lm.generate --adapter-path $OUT/adapted"
 .venv/bin/mlx_lm.generate --model "$(.venv/bin/mlx-reptilora info --path)" --adapter-path "$OUT/adapted" \
     --prompt "numpy.linalg.norm" --max-tokens 24
 run tasks --similarity aclsum-challenge aclsum-approach aclsum-outcome aclsum-title pydoc numpy-doc numpy-name \
+    --examples 8 --max-length 256 \
     --out "$OUT/similarity.png"

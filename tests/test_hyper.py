@@ -102,5 +102,5 @@ def test_tasks_similarity_shows_which_tasks_look_alike(tiny_dir, tmp_path):
                   "--examples", "2", "--max-length", "64", "--out", tmp_path / "sim.png")
     assert ran.returncode == 0, ran.stderr
     lines = ran.stdout.splitlines()
-    assert lines[0].startswith("aclsum-title") and "nearest:" in lines[0] and len(lines) == 4
+    assert lines[0].startswith("aclsum-title") and "nearest, centered:" in lines[0] and len(lines) == 4
     assert (tmp_path / "sim.png").stat().st_size > 0

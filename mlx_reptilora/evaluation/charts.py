@@ -72,14 +72,14 @@ def reliability(path: Path, title: str, series: dict[str, dict]) -> None:
 
 
 def similarity(path: Path, names: list[str], matrix) -> None:
-    """A heatmap of the tasks' pairwise cosine similarity."""
+    """A heatmap of the tasks' pairwise cosine similarity (of embeddings with their mean taken out)."""
     plt = _pyplot()
     n = len(names)
     fig, ax = plt.subplots(figsize=(2.5 + 0.28 * n, 2 + 0.28 * n), dpi=120)
     im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(n), names, rotation=90, fontsize=6)
     ax.set_yticks(range(n), names, fontsize=6)
-    ax.set_title("task embeddings: cosine similarity", fontsize=9)
+    ax.set_title("task embeddings: cosine similarity, centered", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.7)
     fig.tight_layout()
     _save(fig, path)

@@ -36,14 +36,18 @@ def cosine(z: np.ndarray) -> np.ndarray:
     return unit @ unit.T
 
 
-def report(names: list[str], matrix: np.ndarray, path: Path) -> list[str]:
-    """Lines for the terminal (each task's nearest other task), and the heatmap at `path`."""
-    charts.similarity(path, names, matrix)
+def report(names: list[str], z: np.ndarray, path: Path) -> list[str]:
+    """Lines for the terminal, and the heatmap at `path`. Pooled hidden states share one large
+    component whatever the task, so their raw cosines sit near 1; the nearest tasks are also shown,
+    and the heatmap drawn, with the tasks' mean embedding taken out (centered)."""
+    raw, centered = cosine(z), cosine(z - z.mean(0)) if len(z) > 2 else cosine(z)
+    charts.similarity(path, names, centered)
     width = max(len(n) for n in names)
     lines = []
+    def near(m, i):
+        return ", ".join(f"{names[j]} {m[i, j]:.3f}" for j in [j for j in np.argsort(-m[i]) if j != i][:3])
+
     for i, name in enumerate(names):
-        others = [(matrix[i, j], names[j]) for j in range(len(names)) if j != i]
-        near = sorted(others, reverse=True)[:3]
-        lines.append(f"{name:<{width}}  nearest: " + ", ".join(f"{n} {c:.3f}" for c, n in near))
-    lines.append(f"heatmap: {path}")
+        lines.append(f"{name:<{width}}  nearest, centered: {near(centered, i)}  (raw: {near(raw, i)})")
+    lines.append(f"heatmap (centered cosine): {path}")
     return lines
