@@ -79,7 +79,7 @@ def push(start: str = typer.Argument(..., help="a meta-learned start (adapters f
     from .meta import start as starts
     from .model import hub
 
-    the_start = starts.read(start)  # its arrays finite, or one line
+    the_start = starts.read(start)  # a start of a kind known here, or one line
     export = the_start.export_peft if the_start.is_point else None  # a generator has no one adapter to export
     folder = hub.push(start, repo_id, out, private, dry_run, export)
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):

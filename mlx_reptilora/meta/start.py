@@ -21,7 +21,7 @@ from ..model import adapters
 from ..paths import atomic_write
 from . import trees
 
-ARRAYS = "start.safetensors"
+ARRAYS = adapters.START_ARRAYS
 KINDS: dict[str, type[Start]] = {}
 
 

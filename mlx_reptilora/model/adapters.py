@@ -23,6 +23,7 @@ from . import models
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapters.safetensors"
+START_ARRAYS = "start.safetensors"  # a start that is not one point keeps its arrays here (meta/start.py)
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 # model.layers.<i>.<path inside the block>.lora_a|lora_b: LoRA on a transformer block's linear layer
@@ -124,12 +125,12 @@ def save(model: nn.Module, cfg: LoraConfig, out_dir: str | Path, extra: dict | N
     return write(out_dir, get_weights(model), cfg, num_layers(model, cfg), extra)
 
 
-def read_config(path: str | Path, weights: str = WEIGHTS) -> LoraConfig:
-    """The LoRA that saved adapters (or a start whose arrays are in the file `weights`) describe."""
+def read_config(path: str | Path, file: str = WEIGHTS) -> LoraConfig:
+    """The LoRA that saved adapters (or a start whose arrays are in `file`) describe."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"adapters {path}: no such folder")
-    if not (path / CONFIG).exists() or not (path / weights).exists():
+    if not (path / CONFIG).exists() or not (path / file).exists():
         if (path / PEFT_WEIGHTS).exists():
             raise UserError(f"adapters {path} are in PEFT's format: convert them with "
                             f"`mlx-reptilora import-peft {path} OUT_DIR`")

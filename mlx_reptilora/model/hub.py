@@ -26,7 +26,7 @@ ORIGIN = "mlx_reptilora.json"  # in a folder `convert` wrote: the hub id it came
 # What a start folder holds besides the adapters, uploaded when present (the recipe and learned
 # learning rates arrive with the learned-adaptation learners).
 START_FILES = (adapters.WEIGHTS, adapters.CONFIG, "meta.json", "recipe.json", "learned_lr.safetensors",
-               "start.safetensors")
+               adapters.START_ARRAYS)
 PEFT_SUBFOLDER = "peft"
 
 
@@ -193,9 +193,11 @@ Tasks: {', '.join(task_names) or 'not recorded'}.
 def stage(start: str | Path, repo_id: str, out: str | Path, export=adapters.to_peft) -> Path:
     """The exact folder `push` uploads: the start's files, its PEFT export (`export(start, folder,
     base)`; None for a start with no one adapter to export) and a model card. It is built beside
-    `out` and renamed into place, replacing only a folder staged before. The start was read (its
-    arrays are finite: NaN is never shared) by whoever passes it."""
+    `out` and renamed into place, replacing only a folder staged before."""
     start, out = Path(start), Path(out)
+    arrays = adapters.WEIGHTS if (start / adapters.WEIGHTS).exists() else adapters.START_ARRAYS
+    adapters.read_config(start, arrays)
+    adapters.read_weights(start, arrays)  # NaN is never shared
     if out.exists() and not (out.is_dir() and (out / "README.md").exists()
                              and ((out / PEFT_SUBFOLDER).is_dir() or export is None)):
         raise UserError(f"--out {out} exists and is not a folder `push` staged; choose another --out")
