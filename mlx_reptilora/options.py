@@ -58,10 +58,15 @@ def value_type(cls, name: str):
     return hint, False, optional
 
 
+def default(f: dataclasses.Field):
+    """A field's default value (a fresh list for list options)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def default_text(f: dataclasses.Field) -> str:
     if f.metadata.get("default_text"):
         return f.metadata["default_text"]
-    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    value = default(f)
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):

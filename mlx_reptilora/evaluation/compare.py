@@ -120,12 +120,12 @@ def _run(cfg: CompareConfig) -> dict:
         steps = []  # per draw: --steps auto chooses per draw
         for d in range(cfg.draws if k else 1):
             seed = cfg.seed + d
-            shots = episodes.draw_shots(train[name], k, seed, name) if k else []
+            begin = start if system == "meta" else standard
             if system == "in-context" or not k:  # the start un-adapted (a generator's for no shots)
-                adapters.set_weights(base.model, (start if system == "meta" else standard).for_task(inner.any(), []))
+                adapters.set_weights(base.model, begin.for_task(inner.any(), []))
             else:
                 plan = plans[system, k]
-                _, taken = adapt(start if system == "meta" else standard, inner(plan), shots, plan)
+                _, taken = adapt(begin, inner(plan), episodes.draw_shots(train[name], k, seed, name), plan)
                 steps.append(taken)
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,

@@ -4,7 +4,7 @@ rules here name no learner."""
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 
 from .. import options
 from ..data import tasks
@@ -94,8 +94,7 @@ class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, HyperOptions, L
         cls.check(self)
         for group in {g for c in LEARNERS.values() for g in c.options} - set(cls.options):
             for f in fields(group):
-                default = f.default_factory() if f.default_factory is not MISSING else f.default
-                if getattr(self, f.name) != default:
+                if getattr(self, f.name) != options.default(f):
                     owners = " or ".join(c.name for c in LEARNERS.values() if group in c.options)
                     raise UserError(f"{_flag(f, getattr(self, f.name))} applies to --learner {owners}, not {cls.name}")
         if cls.trains_on_query and self.query < 1:

@@ -46,20 +46,25 @@ def _kind(name: str) -> tuple[int, str]:
     return int(m[1]), f"{m[2]}.{m[3]}"
 
 
+def _in_order(names) -> list[str]:
+    """By kind, then layer: one order however θ's dict was built (a model, a checkpoint), since the
+    heads' gradients sum over layers and float sums depend on their order (resume is bit-identical)."""
+    return sorted(names, key=lambda n: _kind(n)[::-1])
+
+
 def init(theta: dict, hidden_size: int, width: int, key: mx.array) -> dict:
     """The generator's arrays; its heads are 0, so G(z) = 0 for every z."""
     kinds = {}
-    for name, v in sorted(theta.items(), key=lambda kv: (_kind(kv[0])[1], _kind(kv[0])[0])):
+    for name in _in_order(theta):
         layer, kind = _kind(name)
-        kinds.setdefault(kind, (v.size, []))[1].append(layer)
+        kinds.setdefault(kind, (theta[name].size, []))[1].append(layer)
     layers = sorted({layer for _, ls in kinds.values() for layer in ls})
     k = mx.random.split(key, 3)
+    layer_keys, kind_keys = mx.random.split(k[1], len(layers)), mx.random.split(k[2], len(kinds))
     return {"null": mx.zeros((hidden_size,)),
             "w": mx.random.normal((hidden_size, width), key=k[0]) / math.sqrt(hidden_size),
-            "layer": {str(layer): 0.02 * mx.random.normal((width,), key=mx.random.split(k[1], len(layers))[i])
-                      for i, layer in enumerate(layers)},
-            "kind": {kind: 0.02 * mx.random.normal((width,), key=mx.random.split(k[2], len(kinds))[i])
-                     for i, kind in enumerate(kinds)},
+            "layer": {str(layer): 0.02 * mx.random.normal((width,), key=layer_keys[i]) for i, layer in enumerate(layers)},
+            "kind": {kind: 0.02 * mx.random.normal((width,), key=kind_keys[i]) for i, kind in enumerate(kinds)},
             "head": {kind: mx.zeros((width, size)) for kind, (size, _) in kinds.items()}}
 
 
@@ -73,9 +78,7 @@ def generate(gen: dict, z: mx.array, theta: dict) -> dict:
     """φ₀ = θ + G(z), every tensor's delta from its kind's head."""
     h0 = z @ gen["w"]
     by_kind: dict[str, list[str]] = {}
-    # kinds and layers in one order however θ's dict was built (a model, a checkpoint): the head's
-    # gradient sums over layers, and float sums depend on their order (resume is bit-identical)
-    for name in sorted(theta, key=lambda n: (_kind(n)[1], _kind(n)[0])):
+    for name in _in_order(theta):
         by_kind.setdefault(_kind(name)[1], []).append(name)
     out = {}
     for kind, names in by_kind.items():
@@ -131,8 +134,8 @@ class Hyper(MAML):
         mx.eval(phi0)
         if null:  # a 0-shot task: the query loss at φ₀ itself (logged as every step's, zero_shot: 1)
             loss, v = inner.gradient_at(phi0, episode.query, "query loss")
-            result = TaskResult({"theta": v, **({"rates": {k: mx.zeros_like(x) for k, x in self.rates(params).items()}}
-                                                if self.rates(params) else {})}, phi0,
+            rates = {k: mx.zeros_like(x) for k, x in self.rates(params).items()}  # no steps took them
+            result = TaskResult({"theta": v, **({"rates": rates} if rates else {})}, phi0,
                                 {"inner_losses": [loss] * self.cfg.inner_steps, "query_loss_adapted": loss})
         else:
             result = super().task({**params, "theta": phi0}, episode, inner, rng, t)

@@ -6,7 +6,7 @@ A learner owns its meta-parameters, a nested tree of arrays ({"theta": θ} for a
 
     params = learner.init(theta0, inner)
     result = learner.step(params, episodes, inner, t)    # result.params: the new meta-parameters
-    start = learner.start(result.params)
+    start = learner.start(result.params, lora)
 
 A step is three parts, so each learner writes only its own rule: what one task contributes
 (`task`), the mean over the meta-batch (`mean`, then `world.mean`: the one place a distributed run

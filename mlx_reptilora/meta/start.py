@@ -35,6 +35,7 @@ class Start:
     override `for_task` and, if their arrays are not θ-shaped, `check_fit`."""
 
     kind = ""
+    is_point = False
 
     def __init__(self, lora: adapters.LoraConfig, arrays: dict):
         self.lora, self.arrays = lora, arrays
@@ -44,12 +45,8 @@ class Start:
         the model (its functional core encodes the shots) and the model's adapters stay as they were."""
         raise NotImplementedError
 
-    @property
-    def is_point(self) -> bool:
-        return False
-
     def attach(self, model: nn.Module, source: str = "the start") -> None:
-        """LoRA layers on `model` as the start makes them, holding its adapters for no shots."""
+        """LoRA layers on `model` as the start makes them, checked to fit; `for_task` gives their values."""
         adapters.attach(model, self.lora)
         self.check_fit(model, source)
 
@@ -78,14 +75,11 @@ class Point(Start):
     """One θ for every task: an mlx-lm adapters folder (adapters.safetensors)."""
 
     kind = "point"
+    is_point = True
 
     def __init__(self, lora: adapters.LoraConfig, arrays: dict):
         super().__init__(lora, arrays)
         self.theta = arrays["theta"]
-
-    @property
-    def is_point(self) -> bool:
-        return True
 
     def for_task(self, inner, shots) -> dict:
         return self.theta
