@@ -128,7 +128,7 @@ def test_first_order_maml_equals_fomaml_with_sgd(tiny):
     assert_close(a, b, rel=1e-5)
 
 
-@pytest.mark.parametrize("learner", ["fomaml", "maml", "hyper"])
+@pytest.mark.parametrize("learner", ["fomaml", "maml", "hyper", "abmll"])
 def test_no_retrace_per_episode(tiny, learner):
     adapters.attach(tiny.model, adapters.LoraConfig(rank=4))
     rng = np.random.default_rng(0)
@@ -141,7 +141,7 @@ def test_no_retrace_per_episode(tiny, learner):
 
     theta = episode(0)
     after_first = inner.traces
-    assert after_first >= 2
+    assert after_first >= 1
     for t in range(1, 4):
         theta = episode(t)
     assert inner.traces == after_first

@@ -137,6 +137,8 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe, start: starts
         nearest = (f"; the start's recipe for {plan.shots} shot{'s' * (plan.shots != 1)}, the nearest validated "
                    f"count to {cfg.shots}"
                    if cfg.shots and plan.shots is not None and plan.shots != cfg.shots else "")
+        if start.describe():
+            print(f"the start's adapters for the task: {start.describe()}")
         print(f"recipe: {plan.describe()} ({plan.chosen_by}{nearest})")
     shots = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else []
     if shots and not cfg.quiet:

@@ -54,6 +54,9 @@ class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
     systems: list[str] = option(list(SYSTEMS), "which systems to compare (reptilora: meta)",
                                 choices=SYSTEMS + tuple(ALIASES))
     seed: int = option(0, "seed of the first draw (draw d uses seed + d)", min=0)
+    samples: int | None = option(None, "a start that is a distribution (abmll): posterior samples whose option "
+                                       "probabilities a choice prediction averages; 0: the posterior mean alone",
+                                 min=0, default_text="the start's own")
     out: str = option("runs/compare", "output folder")
     quiet: bool = option(False, "no progress output", short="-q")
 
@@ -131,7 +134,8 @@ def _run(cfg: CompareConfig) -> dict:
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,
                                        in_context=k if system == "in-context" else 0,
                                        shots=k, seed=seed, quiet=True)
-            result = evaluate.evaluate(base, task, ecfg)
+            drawn = begin.samples(cfg.samples) if task.kind == "choice" and system != "in-context" else []
+            result = evaluate.evaluate(base, task, ecfg, samples=drawn)
             records += [{"draw": d, **p} for p in result["_predictions"]]
         row = {"task": name, "system": system, "shots": k, "draws": cfg.draws if k else 1, "n": len(records),
                "kind": task.kind, "metric": task.metric, **metrics.score(task.metric, records, cfg.seed),

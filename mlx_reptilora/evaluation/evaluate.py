@@ -103,9 +103,12 @@ def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], c
 
 
 def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig,
-            prompt_ids: list[list[int]] | None = None, max_tokens: int | None = None) -> tuple[list[dict], dict]:
+            prompt_ids: list[list[int]] | None = None, max_tokens: int | None = None,
+            samples: list[dict] | None = None) -> tuple[list[dict], dict]:
     """What the model does on `exs`, row by row, in the form the task's metric reads
-    (metrics.score), and the speed: generations, option probabilities or token losses."""
+    (metrics.score), and the speed: generations, option probabilities or token losses. With
+    `samples` (adapters drawn from a posterior), a choice task's probabilities are their average;
+    generations and token losses are the adapters' in the model (the posterior mean)."""
     t = time.perf_counter()
     if task.kind == "text":
         fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
@@ -114,18 +117,25 @@ def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: 
     if task.kind == "choice":
         fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
         shown = prompts_for(base, task, exs, cfg) if cfg.in_context else None
-        out = scoring.choices(base.model, fmt, base.tokenizer, exs, cfg.batch_size, cfg.max_length, shown)
-        return out, {"seconds": round(time.perf_counter() - t, 2)}
+        score = lambda: scoring.choices(base.model, fmt, base.tokenizer, exs, cfg.batch_size, cfg.max_length, shown)
+        if not samples:
+            return score(), {"seconds": round(time.perf_counter() - t, 2)}
+        held, runs = adapters.get_weights(base.model), []
+        for weights in samples:
+            adapters.set_weights(base.model, weights)
+            runs.append(score())
+        adapters.set_weights(base.model, held)
+        return scoring.averaged(exs, runs), {"seconds": round(time.perf_counter() - t, 2)}
     prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg)
     texts, speed = generate(base, prompt_ids, max_tokens or max_new_tokens(task, base.tokenizer), cfg.batch_size)
     return [{"prediction": p, "reference": e.target} for p, e in zip(texts, exs)], speed
 
 
-def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig) -> dict:
-    """Scores for the adapters now in `base.model` (or none)."""
+def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig, samples: list[dict] | None = None) -> dict:
+    """Scores for the adapters now in `base.model` (or none; `samples`: see `records`)."""
     exs = examples_of(task, cfg.split, cfg.limit)
     limit = (cfg.max_new_tokens or max_new_tokens(task, base.tokenizer)) if task.kind == "generate" else None
-    rows, speed = records(base, task, exs, cfg, max_tokens=limit)
+    rows, speed = records(base, task, exs, cfg, max_tokens=limit, samples=samples)
     scores = metrics.score(task.metric, rows, cfg.bootstrap_seed)
     return {"task": task.name, "kind": task.kind, "metric": task.metric, "split": cfg.split, "n": len(exs),
             "shots": cfg.shots, "in_context": cfg.in_context, "seed": cfg.seed, "adapters": cfg.adapters,

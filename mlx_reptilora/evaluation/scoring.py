@@ -62,6 +62,17 @@ def choices(model, fmt: prompts.PromptFormat, tokenizer, exs: list[Example], bat
     return out
 
 
+def averaged(exs: list[Example], runs: list[list[dict]]) -> list[dict]:
+    """Per row, the mean of several `choices` runs' option probabilities (one run per posterior
+    sample) and the prediction that mean makes."""
+    out = []
+    for e, rows in zip(exs, zip(*runs)):
+        probs = np.mean([r["probs"] for r in rows], axis=0)
+        out.append({**rows[0], "prediction": e.choices[int(np.argmax(probs))], "probs": [float(p) for p in probs],
+                    "samples": len(rows)})
+    return out
+
+
 def text_nll(model, seqs: list[prompts.Tokenized], batch_size: int) -> list[dict]:
     """Per row of a text task: {nll, tokens}, the loss summed over its tokens."""
     sums, counts = log_likelihoods(model, seqs, batch_size)

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..model import adapters, models
 from ..options import option
 from .distributed import World
+from .abmll import ABMLL, AbmllOptions
 from .fomaml import FOMAML
 from .hyper import Hyper, HyperOptions
 from .inner_config import OPTIMIZERS, InnerConfig, StepOptions
@@ -30,7 +31,7 @@ def register(cls: type[Learner]) -> type[Learner]:
     return cls
 
 
-for _cls in (Reptile, FOMAML, MAML, MetaSGD, Hyper):
+for _cls in (Reptile, FOMAML, MAML, MetaSGD, Hyper, ABMLL):
     register(_cls)
 
 
@@ -38,8 +39,9 @@ for _cls in (Reptile, FOMAML, MAML, MetaSGD, Hyper):
 class EpisodeOptions:
     learner: str = option("reptile", "the meta-learner: reptile (the paper), fomaml (first-order MAML, "
                                      "MeTA-LoRA's rule), maml (second order; README, \"Learners\"), meta-sgd "
-                                     "(maml with a learned inner learning rate per element) or hyper (maml from a "
-                                     "start generated from the task's shots)",
+                                     "(maml with a learned inner learning rate per element), hyper (maml from a "
+                                     "start generated from the task's shots) or abmll (a Gaussian prior whose "
+                                     "posterior each task refines)",
                           choices=LEARNERS.keys())  # a live view: a learner registered later is a choice too
     tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated task names or folders (mlx-reptilora tasks lists them)")
     task_weights: list[float] | None = option(None, "comma-separated sampling weights, one per task", min=0,
@@ -54,12 +56,12 @@ class EpisodeOptions:
                                     default_text="5e-4 for adamw/adam0, 0.1 for sgd")
     inner_optimizer: str | None = option(None, "adamw | adam0 (Adam with beta1 = 0, as in Reptile) | sgd",
                                          choices=OPTIMIZERS, default_text="the learner's: adamw; sgd for maml, "
-                                                                          "meta-sgd and hyper")
+                                                                          "meta-sgd, hyper and abmll")
     inner_batch: int | None = option(None, "examples per inner step", min=1, default_text="the whole support set")
 
 
 @dataclass
-class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, HyperOptions, LslrOptions, MamlOptions, OuterOptions,
+class MetaTrainConfig(models.ModelOptions, adapters.LoraOptions, AbmllOptions, HyperOptions, LslrOptions, MamlOptions, OuterOptions,
                       ReptileOptions, StepOptions, EpisodeOptions, ValidOptions):
     max_length: int = option(512, "max tokens per example; inputs are truncated, targets never", min=16,
                              aliases=("--max-seq-length",))

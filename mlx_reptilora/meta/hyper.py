@@ -100,6 +100,9 @@ class HyperStart(starts.Start):
         pooled = inner.pooled(shots, self.inputs_only) if shots else None
         return generate(self.arrays["gen"], embed(self.arrays["gen"], pooled), self.arrays["theta"])
 
+    def describe(self) -> str:
+        return f"generated from the shots' {'inputs' if self.inputs_only else 'examples'} (theta + G(z))"
+
     def save(self, folder: str | Path, n_layers: int, extra: dict | None = None) -> Path:
         return super().save(folder, n_layers, {**(extra or {}), "hyper": {"inputs_only": self.inputs_only}})
 

@@ -45,6 +45,15 @@ class Start:
         the model (its functional core encodes the shots) and the model's adapters stay as they were."""
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """What `for_task` does with a task's shots, for a reader ("" for a point: nothing)."""
+        return ""
+
+    def samples(self, n: int | None = None) -> list[dict]:
+        """Adapters drawn from the distribution the last `for_task` made (`n`: the start's own count
+        when None), whose predictions are averaged; none for a start that is not a distribution."""
+        return []
+
     def attach(self, model: nn.Module, source: str = "the start") -> None:
         """LoRA layers on `model` as the start makes them, checked to fit; `for_task` gives their values."""
         adapters.attach(model, self.lora)
