@@ -7,7 +7,7 @@ and a resumed run draws exactly the episodes an uninterrupted one would have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +22,7 @@ class TokenizedTask:
     splits: dict[str, list[prompts.Tokenized]]
     dropped: int  # examples whose target alone (or whole chat) exceeds max_length
     truncated: int  # examples whose input was cut to fit
+    rows: dict[str, list[int]] = field(default_factory=dict)  # per split, the task's row of each kept example
 
 
 def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat | None, max_length: int,
@@ -29,7 +30,7 @@ def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat | None, max_length:
     """Tokenized splits of a task in its own format (`fmt` is reused when it is the task's)."""
     if fmt is None or fmt.instruction != task.instruction or fmt.text != (task.kind == "text"):
         fmt = prompts.PromptFormat.for_task(tokenizer, task)
-    out, dropped, truncated = {}, 0, 0
+    out, rows, dropped, truncated = {}, {}, 0, 0
     for split in splits:
         exs = task.splits.get(split, [])
         toks = prompts.tokenize(fmt, tokenizer, exs, max_length)
@@ -39,10 +40,10 @@ def prepare(task: Task, tokenizer, fmt: prompts.PromptFormat | None, max_length:
             hygiene.say(f"task {task.name}: {lost} of {len(exs)} {split} rows dropped: {what} is longer than "
                         f"--max-length {max_length}")
         dropped += lost
-        kept = [t for t in toks if t is not None]
-        truncated += sum(t.truncated for t in kept)
-        out[split] = kept
-    return TokenizedTask(task.name, out, dropped, truncated)
+        rows[split] = [i for i, t in enumerate(toks) if t is not None]
+        out[split] = [toks[i] for i in rows[split]]
+        truncated += sum(t.truncated for t in out[split])
+    return TokenizedTask(task.name, out, dropped, truncated, rows)
 
 
 def buckets(max_length: int, smallest: int = 64, multiple: int = 1) -> list[int]:
@@ -169,6 +170,13 @@ class EpisodeSampler:
     def restore(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.count = state["count"]
+
+
+def draw_shot_rows(prepared: TokenizedTask, k: int, seed: int, split: str = "train") -> tuple[list, list[int]]:
+    """draw_shots' k tokenized shots, and the rows of the task's split they were made from (the same
+    shots for an in-context prompt, even where rows were dropped)."""
+    picked = draw_shots(list(range(len(prepared.splits[split]))), k, seed, prepared.name)
+    return [prepared.splits[split][i] for i in picked], [prepared.rows[split][i] for i in picked]
 
 
 def draw_shots(examples: list, k: int, seed: int, task: str = "", flag: str = "--shots") -> list:

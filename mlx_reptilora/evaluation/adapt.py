@@ -95,9 +95,10 @@ def attach_start(base: models.Base, cfg: AdaptConfig, start: starts.Start | None
     return starts.Point(lora, {"theta": adapters.get_weights(base.model)})
 
 
-def shots_of(base: models.Base, task: tasks.Task, k: int, seed: int, max_length: int) -> list[prompts.Tokenized]:
-    train = episodes.prepare(task, base.tokenizer, None, max_length, splits=("train",)).splits["train"]
-    return episodes.draw_shots(train, k, seed, task.name)
+def shots_of(base: models.Base, task: tasks.Task, k: int, seed: int, max_length: int) -> tuple[list[prompts.Tokenized], list[int]]:
+    """The k shots, tokenized, and their rows in the task's train split (evaluate --with-shots reads them)."""
+    prepared = episodes.prepare(task, base.tokenizer, None, max_length, splits=("train",))
+    return episodes.draw_shot_rows(prepared, k, seed)
 
 
 def check_out(out: str | Path, start: str | None) -> None:
@@ -140,7 +141,7 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe, start: starts
         if start.describe():
             print(f"the start's adapters for the task: {start.describe()}")
         print(f"recipe: {plan.describe()} ({plan.chosen_by}{nearest})")
-    shots = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else []
+    shots, rows = shots_of(base, task, cfg.shots, cfg.seed, cfg.max_length) if cfg.shots else ([], [])
     if shots and not cfg.quiet:
         cut = sum(t.truncated for t in shots)
         print(f"{len(shots)} shots of {task.name}: {cut} truncated to --max-length {cfg.max_length}")
@@ -154,7 +155,7 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe, start: starts
               f"{after:.3f}")
     out = adapters.save(base.model, start.lora, cfg.out, extra={
         "start": cfg.adapters or "standard", "start_learner": adapters.learner_of(cfg.adapters), "task": task.name,
-        "shots": cfg.shots, "seed": cfg.seed, "steps": steps, "recipe": {**recipes.as_dict(plan), "steps": steps},
+        "shots": cfg.shots, "shot_rows": rows, "seed": cfg.seed, "steps": steps, "recipe": {**recipes.as_dict(plan), "steps": steps},
         "losses": losses, "loss_before": before, "loss_after": after,
         "base_model": base.name, "base_model_id": hub.base_id(base.name, base.path)})
     if not cfg.quiet:

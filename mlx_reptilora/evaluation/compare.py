@@ -27,7 +27,9 @@ from . import charts, evaluate, metrics
 from .report import ALIASES, canonical, cell, fmt
 from .adapt import AdaptOptions
 
-SYSTEMS = ("lora", "meta", "in-context")  # "meta": the meta-learned start, whatever its learner
+# "meta": the meta-learned start, whatever its learner; "meta+in-context": adapted, and its shots in the prompt too
+SYSTEMS = ("lora", "meta", "in-context", "meta+in-context")
+DEFAULT_SYSTEMS = SYSTEMS[:3]
 LABELS = {"lora": "LoRA", "in-context": "In-context"}
 
 
@@ -41,7 +43,10 @@ def learner_label(start: str | None) -> str:
 
 def label(system: str, start_label: str = "Meta start") -> str:
     """A column's name: the meta start is named after its learner (`learner_label`)."""
-    return start_label if canonical(system) == "meta" else LABELS[system]
+    system = canonical(system)
+    if system == "meta+in-context":
+        return f"{start_label} + in-context"
+    return start_label if system == "meta" else LABELS[system]
 
 
 @dataclass
@@ -51,7 +56,9 @@ class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
     tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated task names or folders")
     shots: list[int] = option([0, 1, 5], "comma-separated shot counts", min=0)
     draws: int = option(3, "draws of the shots per k > 0, pooled into one interval", min=1)
-    systems: list[str] = option(list(SYSTEMS), "which systems to compare (reptilora: meta)",
+    systems: list[str] = option(list(DEFAULT_SYSTEMS), "which systems to compare (reptilora: meta; "
+                                                       "meta+in-context: the adapted start with its shots in the "
+                                                       "prompt too)",
                                 choices=SYSTEMS + tuple(ALIASES))
     seed: int = option(0, "seed of the first draw (draw d uses seed + d)", min=0)
     samples: int | None = option(None, "a start that is a distribution (abmll): posterior samples whose option "
@@ -70,7 +77,9 @@ def _cells(cfg: CompareConfig, loaded: dict):
             for system in cfg.systems:
                 if k == 0 and system == "in-context" and "lora" in cfg.systems:
                     continue  # 0-shot in-context is the base model, which is 0-shot LoRA
-                if k and system == "in-context" and task.kind == "text":
+                if k == 0 and system == "meta+in-context" and "meta" in cfg.systems:
+                    continue  # no shots to show: the meta start's own 0-shot cell
+                if k and system in ("in-context", "meta+in-context") and task.kind == "text":
                     continue  # a text task has no answers to show
                 yield name, k, system
 
@@ -90,8 +99,9 @@ def _run(cfg: CompareConfig) -> dict:
     for t in loaded.values():
         evaluate.examples_of(t, cfg.split, cfg.limit)
     # The meta start is adapted with its recipe for k shots, LoRA with the defaults; flags override both.
+    adapted = {"meta+in-context": "meta"}  # whose adaptation a system takes
     plans = {(s, k): cfg.plan(recipes.read(cfg.adapters, shots=k) if s == "meta" else None)
-             for s in ("meta", "lora") if s in cfg.systems for k in cfg.shots if k}
+             for s in ("meta", "lora") if s in {adapted.get(x, x) for x in cfg.systems} for k in cfg.shots if k}
     for (_, k), p in plans.items():
         check_auto(p, [k])
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
@@ -103,11 +113,10 @@ def _run(cfg: CompareConfig) -> dict:
                   say=None if cfg.quiet else print)
     for p in plans.values():
         inner(p)
-    train = {n: episodes.prepare(t, base.tokenizer, None, cfg.max_length, ("train",)).splits["train"]
-             for n, t in loaded.items()}
+    train = {n: episodes.prepare(t, base.tokenizer, None, cfg.max_length, ("train",)) for n, t in loaded.items()}
     for n, k in ((n, k) for n in loaded for k in cfg.shots):
-        if k > len(train[n]):
-            raise UserError(f"--shots {k} is more than the {len(train[n])} usable training examples of {n}")
+        if k > len(train[n].splits["train"]):
+            raise UserError(f"--shots {k} is more than the {len(train[n].splits['train'])} usable training examples of {n}")
 
     out = Path(cfg.out)
     if not cfg.quiet:
@@ -123,19 +132,22 @@ def _run(cfg: CompareConfig) -> dict:
         steps = []  # per draw: --steps auto chooses per draw
         for d in range(cfg.draws if k else 1):
             seed = cfg.seed + d
-            begin = start if system == "meta" else standard
+            begin = start if adapted.get(system, system) == "meta" else standard
+            shown = None  # the in-context prompt's shots: drawn by evaluate with the seed, or the adaptation's
             if system == "in-context" or not k:  # the start un-adapted (a generator's for no shots)
                 adapters.set_weights(base.model, begin.for_task(inner.any(), []))
             else:
-                plan = plans[system, k]
-                _, taken = adapt(begin, inner(plan), episodes.draw_shots(train[name], k, seed, name), plan)
+                plan = plans[adapted.get(system, system), k]
+                shots, shot_rows = episodes.draw_shot_rows(train[name], k, seed)
+                _, taken = adapt(begin, inner(plan), shots, plan)
                 steps.append(taken)
+                shown = [task.split("train")[r] for r in shot_rows] if system == "meta+in-context" else None
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,
-                                       in_context=k if system == "in-context" else 0,
+                                       in_context=k if system in ("in-context", "meta+in-context") else 0,
                                        shots=k, seed=seed, quiet=True)
             drawn = begin.samples(cfg.samples) if task.kind == "choice" and system != "in-context" else []
-            result = evaluate.evaluate(base, task, ecfg, samples=drawn)
+            result = evaluate.evaluate(base, task, ecfg, samples=drawn, shots=shown)
             records += [{"draw": d, **p} for p in result["_predictions"]]
         row = {"task": name, "system": system, "shots": k, "draws": cfg.draws if k else 1, "n": len(records),
                "kind": task.kind, "metric": task.metric, **metrics.score(task.metric, records, cfg.seed),
@@ -201,7 +213,7 @@ def markdown_table(rows: list[dict], cfg: CompareConfig, start_label: str = "Met
 
 
 STYLES = {"lora": dict(color="#4C72B0"), "meta": dict(color="#DD8452", hatch="//", edgecolor="black"),
-          "in-context": dict(color="#8C8C8C")}
+          "in-context": dict(color="#8C8C8C"), "meta+in-context": dict(color="#DD8452", hatch="..", edgecolor="black")}
 
 
 def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, start_label: str = "Meta start") -> None:

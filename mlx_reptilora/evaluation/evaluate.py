@@ -50,6 +50,8 @@ class EvalConfig(models.ModelOptions, EvalOptions):
     max_new_tokens: int | None = option(None, "most tokens generated per answer", min=1,
                                         default_text="1.5 x the 95th percentile training target")
     in_context: int = option(0, "k training examples in the prompt (the in-context baseline)", min=0)
+    with_shots: bool = option(False, "meta + in-context: the shots the adapters were adapted on (adapt records "
+                                     "them) also go into the prompt")
     shots: int | None = option(None, "recorded in the JSON: shots the adapters were tuned on", min=0,
                                default_text="what the adapters record (adapt writes it), else 0")
     seed: int = option(0, "picks the in-context shots; recorded", min=0)
@@ -94,21 +96,38 @@ def check_in_context(task: tasks.Task, k: int) -> None:
         raise UserError(f"--in-context: {task.name} is a text task, with no answers to show as examples")
 
 
-def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig) -> list[list[int]]:
+def shown_shots(task: tasks.Task, folder: str | None) -> list[tasks.Example]:
+    """The training rows an adapted folder was adapted on (--with-shots), checked before any work."""
+    rows = adapters.recorded(folder, "shot_rows") if folder else None
+    if not rows:
+        raise UserError("--with-shots shows the shots the adapters were adapted on: give --adapters written by "
+                        "mlx-reptilora adapt --shots K (K >= 1)")
+    if adapters.recorded(folder, "task") != task.name:
+        raise UserError(f"--with-shots: {folder} was adapted on {adapters.recorded(folder, 'task')}, not {task.name}")
+    check_in_context(task, len(rows))
+    train = task.split("train")
+    return [train[i] for i in rows]
+
+
+def prompts_for(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig,
+                shots: list[tasks.Example] | None = None) -> list[list[int]]:
+    """Prompts with `shots` shown (by default cfg.in_context drawn with cfg.seed) before each input."""
     check_in_context(task, cfg.in_context)
-    shots = (episodes.draw_shots(task.split("train"), cfg.in_context, cfg.seed, task.name, "--in-context")
-             if cfg.in_context else [])
+    if shots is None:
+        shots = (episodes.draw_shots(task.split("train"), cfg.in_context, cfg.seed, task.name, "--in-context")
+                 if cfg.in_context else [])
     length = cfg.in_context_length or cfg.max_length * (len(shots) + 1)
     return prompts.in_context(base.tokenizer, shots, exs, length, task.instruction)
 
 
 def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig,
             prompt_ids: list[list[int]] | None = None, max_tokens: int | None = None,
-            samples: list[dict] | None = None) -> tuple[list[dict], dict]:
+            samples: list[dict] | None = None, shots: list[tasks.Example] | None = None) -> tuple[list[dict], dict]:
     """What the model does on `exs`, row by row, in the form the task's metric reads
     (metrics.score), and the speed: generations, option probabilities or token losses. With
     `samples` (adapters drawn from a posterior), a choice task's probabilities are their average;
-    generations and token losses are the adapters' in the model (the posterior mean)."""
+    generations and token losses are the adapters' in the model (the posterior mean). `shots`: the
+    examples an in-context prompt shows (prompts_for)."""
     t = time.perf_counter()
     if task.kind == "text":
         fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
@@ -116,7 +135,7 @@ def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: 
         return scoring.text_nll(base.model, seqs, cfg.batch_size), {"seconds": round(time.perf_counter() - t, 2)}
     if task.kind == "choice":
         fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
-        shown = prompts_for(base, task, exs, cfg) if cfg.in_context else None
+        shown = prompts_for(base, task, exs, cfg, shots) if cfg.in_context else None
         score = lambda: scoring.choices(base.model, fmt, base.tokenizer, exs, cfg.batch_size, cfg.max_length, shown)
         if not samples:
             return score(), {"seconds": round(time.perf_counter() - t, 2)}
@@ -126,16 +145,17 @@ def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: 
             runs.append(score())
         adapters.set_weights(base.model, held)
         return scoring.averaged(exs, runs), {"seconds": round(time.perf_counter() - t, 2)}
-    prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg)
+    prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg, shots)
     texts, speed = generate(base, prompt_ids, max_tokens or max_new_tokens(task, base.tokenizer), cfg.batch_size)
     return [{"prediction": p, "reference": e.target} for p, e in zip(texts, exs)], speed
 
 
-def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig, samples: list[dict] | None = None) -> dict:
-    """Scores for the adapters now in `base.model` (or none; `samples`: see `records`)."""
+def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig, samples: list[dict] | None = None,
+             shots: list[tasks.Example] | None = None) -> dict:
+    """Scores for the adapters now in `base.model` (or none; `samples`, `shots`: see `records`)."""
     exs = examples_of(task, cfg.split, cfg.limit)
     limit = (cfg.max_new_tokens or max_new_tokens(task, base.tokenizer)) if task.kind == "generate" else None
-    rows, speed = records(base, task, exs, cfg, max_tokens=limit, samples=samples)
+    rows, speed = records(base, task, exs, cfg, max_tokens=limit, samples=samples, shots=shots)
     scores = metrics.score(task.metric, rows, cfg.bootstrap_seed)
     return {"task": task.name, "kind": task.kind, "metric": task.metric, "split": cfg.split, "n": len(exs),
             "shots": cfg.shots, "in_context": cfg.in_context, "seed": cfg.seed, "adapters": cfg.adapters,
@@ -149,6 +169,11 @@ def run(cfg: EvalConfig) -> dict:
     task = tasks.load(cfg.task)
     examples_of(task, cfg.split, cfg.limit)  # a missing split fails before the model loads
     check_in_context(task, cfg.in_context)
+    if cfg.with_shots and cfg.in_context:
+        raise UserError("--with-shots shows the adapters' own shots; --in-context draws others: give one of them")
+    shots = shown_shots(task, cfg.adapters) if cfg.with_shots else None
+    if shots:
+        cfg.in_context = len(shots)
     pred_path = Path(cfg.predictions or Path(cfg.json).with_suffix(".predictions.jsonl")) if (
         cfg.json or cfg.predictions) else None
     for path, flag in ((cfg.json, "--json"), (pred_path, "--predictions")):
@@ -167,7 +192,7 @@ def run(cfg: EvalConfig) -> dict:
         hub.check_base(cfg.adapters, base)
         start.attach(base.model, cfg.adapters)
         adapters.set_weights(base.model, start.for_task(None, []))
-    result = evaluate(base, task, cfg)
+    result = evaluate(base, task, cfg, shots=shots)
     preds = result.pop("_predictions")
     if pred_path is not None:
         atomic_write_text(pred_path, "".join(json.dumps(p) + "\n" for p in preds))
