@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue #27's open item: `maml --lslr` against `maml`, episode time on CUDA, the code before the
+# learners owned their meta-parameters (b49e646) and HEAD, alternating in one lease so that the
+# machine's state is shared. Before the lease, here:
+#   mkdir -p .exp/ab && git archive -o .exp/ab/old.tar b49e646 mlx_reptilora benchmarks
+# then on the device (carry [".exp/ab"], after the staged chunks are unstaged), detached:
+#   bash scripts/device/detached.sh start bash scripts/device/lslr_ab.sh .exp/ab/old.tar
+set -euo pipefail
+export MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+GGUF=${GGUF:-/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf}
+old=/tmp/ab-old
+rm -rf $old && mkdir -p $old && tar -xf "$1" -C $old
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+rows='("reptile", "maml", "maml --lslr")'
+for round in 1 2; do
+  for side in old new; do
+    dir=$([ $side = old ] && echo $old || echo "$PWD")
+    (cd "$dir" && PYTHONPATH=/tmp/site:$dir python3 -c "
+import sys, benchmarks.learners as b
+b.LEARNERS = tuple(x for x in b.LEARNERS if x[0] in $rows)
+b.main(sys.argv[1:])" --model $GGUF --shape smollm2-135m --sweep "" --out "$OUT/$side-$round") \
+      2>&1 | tee "$OUT/$side-$round.log"
+  done
+done
