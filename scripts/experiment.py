@@ -41,7 +41,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing: the package beside it
+from mlx_reptilora.evaluation.metrics import HEADLINE  # noqa: E402
 from mlx_reptilora.evaluation.report import apart, cell, fmt, query_losses, records  # noqa: E402
+from mlx_reptilora.meta.start import finished  # noqa: E402 -- a start of any kind: its arrays are written last
 DEFAULT_TASKS = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc"]
 
 
@@ -75,6 +77,25 @@ RECOMMENDED = {k.replace("-", "_"): v for k, v in
 DEFAULTS_TRAIN = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc", "pydoc-name"]
 SECOND_ORDER = {"support": 5, "query": 8, "inner_steps": 3, "inner_lr": 0.1, "inner_optimizer": "sgd", "outer_lr": 1e-3}
 VALIDATE = {"validate": True, "valid_every": 50}
+
+
+POOL_61 = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc", "pydoc-name", "numpy-doc",
+           "numpy-name", "wordnet-define", "wordnet-name", "wordnet-pos", "wordnet-domain", "foldoc-name",
+           "foldoc-define", "jargon-name", "manpage-summary", "manpage-name", "pandas-doc", "pandas-name",
+           "matplotlib-doc", "matplotlib-name", "vera-expand", "vera-acronym", "elements-symbol", "elements-name",
+           "elements-number", "devil-define", "devil-name", "gcide-define", "gcide-name", "gcide-pos", "mime-kind",
+           "mime-type", "freedict-fra-eng", "freedict-eng-fra", "freedict-spa-eng", "freedict-eng-spa",
+           "freedict-ita-eng", "freedict-eng-ita", "freedict-por-eng", "freedict-eng-por", "freedict-swe-eng",
+           "freedict-eng-swe", "freedict-afr-eng", "freedict-eng-afr", "freedict-cym-eng", "freedict-eng-cym",
+           "freedict-lat-eng", "freedict-eng-lat", "iso-country-language", "iso-language-language",
+           "iso-subdivision-country", "unicode-name", "unicode-character", "unicode-category", "vader-polarity",
+           "afinn-polarity", "afinn-strength", "emoji-name", "emoji-from-name", "emoji-name-language"]
+HELD = {"sentiment": ["vader-polarity", "afinn-polarity", "afinn-strength"],
+        "iso-codes": ["iso-country-language", "iso-language-language", "iso-subdivision-country"],
+        "numpy": ["numpy-doc", "numpy-name"],
+        "wordnet": ["wordnet-define", "wordnet-name", "wordnet-pos", "wordnet-domain"]}
+VALID_28 = ["mime-kind", "mime-type", "manpage-summary", "manpage-name"]  # media types (choice), man pages
+GCIDE = ["gcide-define", "gcide-name", "gcide-pos"]
 
 
 # Issue #14: the learners that learn how to adapt, on protocol (b) of docs/RESULTS.md (one fold per
@@ -135,6 +156,28 @@ PLANS = {
                   "reptile": PAPER_REPTILE,
                   "reptile-validated": {**PAPER_REPTILE, **VALIDATE}},
         baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]}}),
+    # Issue #28: the starts that depend on the task, on the 61-task pool, leave one group out: two choice
+    # groups and two generation groups held out, the same two groups (one of each kind) validating every
+    # fold. WordNet's fold also leaves out GCIDE, whose dictionary defines the same words.
+    "task-starts": Plan(
+        about="issue #28: hyper and ABMLL against MAML++, Reptile, LoRA and in-context, leave one group out",
+        pool=POOL_61, hold_out="group",
+        fixed_folds={g: Fold([t for t in POOL_61 if t not in HELD[g] + VALID_28 + (GCIDE if g == "wordnet" else [])],
+                             HELD[g], VALID_28) for g in HELD},
+        common={"episodes": 150, "max_length": 512, "eval_every": 10, "checkpoint_every": 10, "keep_checkpoints": 2,
+                "micro_batch": 8, "valid_limit": 32},
+        learners={"maml++": {"learner": "maml", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20,
+                             **SECOND_ORDER, **VALIDATE},
+                  "hyper": {"learner": "hyper", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20,
+                            **SECOND_ORDER, **VALIDATE},
+                  "abmll": {"learner": "abmll", **{k: v for k, v in SECOND_ORDER.items() if k != "inner_optimizer"},
+                            **VALIDATE},
+                  "reptile": PAPER_REPTILE},
+        baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]},
+                   "lora-data": {"systems": "lora", "shots": "20,50", "tune_steps": [7, 21, 63], "tune_shots": [20, 50]},
+                   "in-context": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
+                                  "batch_size": 16}},
+        variants={"+ in-context": {"systems": "meta+in-context", "shots": "1,5", "in_context_length": 2048}}),
 }
 
 
@@ -148,8 +191,14 @@ def tested(plan: Plan, names=None) -> dict[str, tuple[str, str, dict]]:
     return out
 
 
-def finished(start: Path) -> bool:
-    return (start / "adapters.safetensors").exists()  # written last: a start with it is complete
+def key(row: dict) -> str:
+    """The score a row is judged by: its task's headline (ROUGE-L, exact match, a choice task's
+    accuracy); rows written before tasks had metrics are ROUGE."""
+    return HEADLINE[row.get("metric", "rouge")][0]
+
+
+def mid(row: dict) -> float:
+    return row[key(row)]["mid"]
 
 
 def _deadline(args) -> float | None:
@@ -335,13 +384,13 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
         for steps, dest in dests.items():
             if (dest / "results.json").exists():
                 rows = json.loads((dest / "results.json").read_text())["rows"]
-                scores[steps] = sum(r["rougeL"]["mid"] for r in rows) / len(rows)
+                scores[steps] = sum(mid(r) for r in rows) / len(rows)
         if len(scores) == len(dests):
             best = max(scores, key=scores.get)
             choice = out / "tune" / label / fold / "choice.json"
             choice.with_suffix(".tmp").write_text(json.dumps(
-                {"steps": best, "mean_valid_rougeL": scores,
-                 "criterion": f"mean R-L over the validation tasks at {plan.baselines[label].get('tune_shots', TUNE_SHOTS)} shots"}))
+                {"steps": best, "mean_valid_score": scores,
+                 "criterion": f"mean headline score (ROUGE-L, accuracy) over the validation tasks at {plan.baselines[label].get('tune_shots', TUNE_SHOTS)} shots"}))
             os.replace(choice.with_suffix(".tmp"), choice)  # a half-written choice never reaches the test stage
             print(f"[tune] {label}/{fold}: {best} steps ({scores})", flush=True)
 
@@ -353,8 +402,11 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
         for label, (learner, folder, over) in tested(plan, learners(plan, args)).items():
             start, dest = out / "meta" / learner / fold, out / "test" / folder / fold
             if finished(start) and not (dest / "results.json").exists():
-                jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", "meta",
-                                                     "--tasks", held, "--out", dest, *_common(plan, args),
+                over = dict(over)  # a variant may name its own systems and shots: each flag once
+                systems = over.pop("systems", "meta")
+                shots = [int(k) for k in str(over.pop("shots")).split(",")] if "shots" in over else None
+                jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", systems,
+                                                     "--tasks", held, "--out", dest, *_common(plan, args, shots=shots),
                                                      *_flags(over)), dest.with_suffix(".log")))
         start = _any_start(plan, out, fold)
         for label, over in plan.baselines.items():
@@ -400,12 +452,27 @@ def rows_of(plan: Plan, out: Path) -> list[dict]:
 
 
 def table(rows, plan: Plan, systems: list[str]) -> str:
-    lines = ["| task | shots | " + " | ".join(f"{s} R-L" for s in systems) + " | " + " | ".join(f"{s} R-1" for s in systems)
-             + " | " + " | ".join(f"{s} R-2" for s in systems) + " |", "|" + " --- |" * (2 + 3 * len(systems))]
+    """Per task and shots, each system's headline score; then ROUGE-1/2 of the ROUGE tasks, and the
+    NLL of the right answer and the ECE of the choice tasks."""
+    shots = sorted({r["shots"] for r in rows} | set(plan.shots))
+    metric = {t: next((r.get("metric", "rouge") for r in rows if r["task"] == t), "rouge") for t in plan.pool}
+    lines = ["| task | shots | " + " | ".join(systems) + " |", "|" + " --- |" * (2 + len(systems))]
     for t in plan.pool:
-        for k in sorted({r["shots"] for r in rows} | set(plan.shots)):
-            cells = [fmt(cell(rows, t, s, k), m) for m in ("rougeL", "rouge1", "rouge2") for s in systems]
-            lines.append(f"| {t} | {k} | " + " | ".join(cells) + " |")
+        for k in shots:
+            lines.append(f"| {t} | {k} | " + " | ".join(fmt(c, key(c)) if (c := cell(rows, t, s, k)) else "–"
+                                                       for s in systems) + " |")
+    used = sorted({metric[t] for t in plan.pool})
+    lines += ["", "Each task's headline score: " + "; ".join(f"{HEADLINE[m][1]} ({', '.join(t for t in plan.pool if metric[t] == m)})"
+                                                        for m in used) + "."]
+    for what, names, show in (("ROUGE-1, ROUGE-2", "rouge", lambda c: f"{c['rouge1']['mid']:.2f}, {c['rouge2']['mid']:.2f}"),
+                              ("NLL of the right answer, ECE (x100)", "accuracy",
+                               lambda c: f"{c['nll']['mid']:.3f}, {c['ece']:.2f}")):
+        tasks_ = [t for t in plan.pool if metric[t] == names]
+        if tasks_:
+            lines += ["", "| task | shots | " + " | ".join(f"{s}: {what}" for s in systems) + " |",
+                      "|" + " --- |" * (2 + len(systems))]
+            lines += [f"| {t} | {k} | " + " | ".join(show(c) if (c := cell(rows, t, s, k)) else "–" for s in systems) + " |"
+                      for t in tasks_ for k in shots]
     return "\n".join(lines) + "\n"
 
 
@@ -421,19 +488,23 @@ def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict
                 r = cell(rows, t, s, k)
                 if not (r and zero):
                     continue
-                item = {"system": s, "task": t, "shots": k, "rougeL": r["rougeL"]["mid"],
-                        "vs_start": r["rougeL"]["mid"] - zero["rougeL"]["mid"],
-                        "below_start_apart": r["rougeL"]["high"] < zero["rougeL"]["low"]}
+                m = key(r)
+                item = {"system": s, "task": t, "shots": k, "metric": m, "score": r[m]["mid"],
+                        "vs_start": r[m]["mid"] - zero[m]["mid"], "below_start_apart": r[m]["high"] < zero[m]["low"]}
+                if "ece" in r:
+                    item["ece"] = r["ece"]
                 base = cell(rows, t, lora, k) if lora else None
                 if base:
-                    item.update(vs_lora=r["rougeL"]["mid"] - base["rougeL"]["mid"], lora_apart=apart(r, base))
+                    item.update(vs_lora=r[m]["mid"] - base[m]["mid"], lora_apart=apart(r, base, m))
+                    if "ece" in base:
+                        item["lora_ece"] = base["ece"]
                 found.append(item)
     return found
 
 
 def by_fold(rows, plan: Plan, systems: list[str], found: list[dict], data: str | None) -> list[str]:
-    """The headline tables: each system's ROUGE-L averaged over each held-out fold's tasks, and the
-    targets per fold: at k shots, the learner with the most tasks ≥ LoRA + 2 R-L with the intervals
+    """The headline tables: each system's headline score averaged over each held-out fold's tasks, and the
+    targets per fold: at k shots, the learner with the most tasks ≥ LoRA + 2 points with the intervals
     apart (the target asks for all of them); at 5 shots, the best learner against LoRA at 20 and 50."""
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     shots = sorted({r["shots"] for r in rows})
@@ -441,12 +512,13 @@ def by_fold(rows, plan: Plan, systems: list[str], found: list[dict], data: str |
     per = {}
     for fold, f in folds(plan).items():
         for k in shots:
-            vals = [[c["rougeL"]["mid"] for t in f.test if (c := cell(rows, t, s, k))] for s in systems]
+            vals = [[mid(c) for t in f.test if (c := cell(rows, t, s, k))] for s in systems]
             per.update({(fold, s, k): v for s, v in zip(systems, vals)})
             if any(vals):
                 cells = [f"{mean(v):.2f}" if len(v) == len(f.test) else ("–" if not v else f"({mean(v):.2f})") for v in vals]
                 lines.append(f"| {fold} ({len(f.test)} tasks) | {k} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean of the fold's tasks' ROUGE-L (x100); in brackets: not every task tested.", "",
+    lines += ["", "Mean of the fold's tasks' headline scores (ROUGE-L; accuracy on choice tasks; x100); in brackets: "
+                  "not every task tested.", "",
               "| held out | shots | best learner | tasks ≥ LoRA + 2, intervals apart | its mean − LoRA | target met |",
               "| --- | ---: | --- | ---: | ---: | --- |"]
     learners = sorted({c["system"] for c in found})
@@ -464,7 +536,7 @@ def by_fold(rows, plan: Plan, systems: list[str], found: list[dict], data: str |
                 lines.append(f"| {fold} | {k} | {best} | {wins} / {len(f.test)} | {gap:+.2f} | "
                              f"{'yes' if wins == len(f.test) else 'no'} |")
     if data:
-        lines += ["", "| held out | best learner at 5 shots | its mean R-L | − LoRA 20-shot | − LoRA 50-shot |",
+        lines += ["", "| held out | best learner at 5 shots | its mean score | − LoRA 20-shot | − LoRA 50-shot |",
                   "| --- | --- | ---: | ---: | ---: |"]
         for fold, f in folds(plan).items():
             got = {s: mean(per.get((fold, s, 5), [])) for s in learners if len(per.get((fold, s, 5), [])) == len(f.test)}
@@ -494,7 +566,7 @@ def cost(plan: Plan, out: Path) -> list[dict]:
 
 
 def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = None) -> None:
-    """ROUGE-L against shots per task of `plan`; query-loss and meta-validation curves of every run
+    """The headline score against shots per task of `plan`; query-loss and meta-validation curves of every run
     of `full` (the plan before it was narrowed to the tasks with test rows)."""
     import matplotlib
 
@@ -512,11 +584,12 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
             if not pts:
                 continue
             xs = [shots.index(k) + (j - len(systems) / 2) * 0.04 for k, _ in pts]
-            ys = [r["rougeL"]["mid"] for _, r in pts]
-            err = [[y - r["rougeL"]["low"] for y, (_, r) in zip(ys, pts)], [r["rougeL"]["high"] - y for y, (_, r) in zip(ys, pts)]]
+            ys = [mid(r) for _, r in pts]
+            err = [[y - r[key(r)]["low"] for y, (_, r) in zip(ys, pts)], [r[key(r)]["high"] - y for y, (_, r) in zip(ys, pts)]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=s)
         ax.set_xticks(range(len(shots)), [f"{k}-shot" for k in shots])
-        ax.set(title=f"{t} (held out)", ylabel="ROUGE-L F (x100)")
+        metric = next(r.get("metric", "rouge") for r in rows if r["task"] == t)
+        ax.set(title=f"{t} (held out)", ylabel=f"{HEADLINE[metric][1]} (x100)")
         ax.legend(frameon=False, fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"{t}.png")
@@ -548,7 +621,7 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
             if name == learner and path.exists():
                 recs = [r for r in records(path) if "valid" in r]
                 ax.plot([r["episode"] + 1 for r in recs], [r["score"] for r in recs], marker="o", label=f"without {fold}")
-        ax.set(title=f"{learner}: meta-validation", xlabel="episode", ylabel="mean valid ROUGE-L")
+        ax.set(title=f"{learner}: meta-validation", xlabel="episode", ylabel="mean valid score")
         ax.legend(frameon=False, fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "meta-validation.png")
@@ -569,26 +642,27 @@ def stage_report(plan: Plan, args, out: Path) -> None:
     spent = cost(full, out)  # every start meta-trained so far, tested or not
     data = next((s for s in plan.baselines if any(r["system"] == s and r["shots"] == 20 for r in rows)), None)
     lines = [f"# {plan.about}", "", *by_fold(rows, full, systems, found, data), "", table(rows, plan, systems),
-             "ROUGE F x100, bootstrap mean [95% interval]; k > 0: the draws pooled; test splits; every start "
+             "Scores x100, bootstrap mean [95% interval]; k > 0: the draws pooled; test splits; every start "
              "adapted with its own recipe.", "",
-             "| system | task | shots | R-L | − un-adapted start | below it, intervals apart | − LoRA | apart from LoRA |",
-             "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
+             "| system | task | shots | score | − un-adapted start | below it, intervals apart | − LoRA | apart from LoRA "
+             "| ECE | LoRA's ECE |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: |"]
     for c in found:
-        lines.append(f"| {c['system']} | {c['task']} | {c['shots']} | {c['rougeL']:.2f} | {c['vs_start']:+.2f} | "
+        lines.append(f"| {c['system']} | {c['task']} | {c['shots']} | {c['score']:.2f} | {c['vs_start']:+.2f} | "
                      f"{'yes' if c['below_start_apart'] else 'no'} | {c.get('vs_lora', float('nan')):+.2f} | "
-                     f"{'yes' if c.get('lora_apart') else 'no'} |")
+                     f"{'yes' if c.get('lora_apart') else 'no'} | {c.get('ece', '–')} | {c.get('lora_ece', '–')} |")
     lines += ["", "| learner | fold (held out) | episodes | θ kept (meta-validation) | time in episodes (s) | tokens | "
               "peak memory (GB) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {c['learner']} | {c['fold']} | {c['episodes']} | {c['kept'] or 'the last'} | {c['seconds']} | "
               f"{c['tokens']:,} | {c['peak_memory_gb']} |" for c in spent]
     if data:  # the data-efficiency reference: each learner's 5-shot start against LoRA at 20 and 50 shots
-        lines += ["", "| learner | task | 5-shot R-L | LoRA 20-shot | − it | LoRA 50-shot | − it |",
+        lines += ["", "| learner | task | 5-shot score | LoRA 20-shot | − it | LoRA 50-shot | − it |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for s in learners:
             for t in plan.pool:
                 r, l20, l50 = cell(rows, t, s, 5), cell(rows, t, data, 20), cell(rows, t, data, 50)
                 if r and l20 and l50:
-                    a, b, c = r["rougeL"]["mid"], l20["rougeL"]["mid"], l50["rougeL"]["mid"]
+                    a, b, c = mid(r), mid(l20), mid(l50)
                     lines.append(f"| {s} | {t} | {a:.2f} | {b:.2f} | {a - b:+.2f} | {c:.2f} | {a - c:+.2f} |")
     (report / "tables.md").write_text("\n".join(lines) + "\n")
     (report / "report.json").write_text(json.dumps({"rows": rows, "checks": found, "cost": spent}, indent=2))

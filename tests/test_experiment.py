@@ -153,3 +153,36 @@ def test_the_targets_by_held_out_group():
     assert "| python (2 tasks) | 5 | 18.00 | 21.50 | 17.00 | – |" in lines  # means over the group's tasks
     assert "| python | n | 21.50 | +6.50 | +1.50 |" in lines  # the best 5-shot learner against LoRA at 20 and 50
     assert not any(x.startswith("| wordnet") for x in lines)  # no rows: no lines
+
+
+def test_the_task_starts_plan_holds_out_groups_of_both_kinds():
+    from mlx_reptilora.data import tasks
+
+    plan = exp.PLANS["task-starts"]
+    assert sorted(plan.pool) == sorted(tasks.OFFLINE_TASKS)  # the whole offline pool, nothing reserved
+    folds = exp.folds(plan)
+    assert len(folds) >= 3
+    kinds = {g: {tasks.load(t).kind for t in f.test} for g, f in folds.items()}
+    assert any(k == {"choice"} for k in kinds.values()) and any("generate" in k for k in kinds.values())
+    for g, (train, test, valid) in folds.items():
+        assert not set(train) & set(test) and not set(train) & set(valid) and not set(test) & set(valid)
+        assert set(tasks.groups(test)) == {g}  # a whole group held out
+    assert not set(exp.GCIDE) & set(folds["wordnet"].train)
+    assert {"hyper", "abmll", "maml++", "reptile"} <= set(plan.learners)
+    assert plan.variants["+ in-context"]["systems"] == "meta+in-context"
+
+
+def test_choice_rows_are_judged_by_accuracy_with_their_calibration():
+    plan = exp.Plan("t", ["c"], "task", {}, {"m": {}}, shots=[0, 5])
+
+    def choice(system, k, acc, ece):
+        score = {"low": acc - 1, "mid": acc, "high": acc + 1}
+        return {"task": "c", "system": system, "shots": k, "metric": "accuracy", "accuracy": score,
+                "nll": {"low": 0.5, "mid": 0.6, "high": 0.7}, "ece": ece}
+
+    rows = [choice("m", 0, 50, 9.0), choice("m", 5, 60, 4.0), choice("lora", 5, 55, 12.0)]
+    (found,) = exp.checks(rows, plan, ["m"], "lora")
+    assert (found["metric"], found["score"], found["vs_start"], found["vs_lora"]) == ("accuracy", 60, 10, 5)
+    assert found["lora_apart"] and (found["ece"], found["lora_ece"]) == (4.0, 12.0)
+    text = exp.table(rows, plan, ["m", "lora"])
+    assert "| c | 5 | 60.00 [59.0, 61.0] | 55.00 [54.0, 56.0] |" in text and "| c | 5 | 0.600, 4.00 | 0.600, 12.00 |" in text
