@@ -170,6 +170,9 @@ PLANS = {
                              **SECOND_ORDER, **VALIDATE},
                   "hyper": {"learner": "hyper", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20,
                             **SECOND_ORDER, **VALIDATE},
+                  # the generator's alternative: a head per kind writing one rank's row at a time (Text-to-LoRA's S)
+                  "hyper-rank": {"learner": "hyper", "hyper_generator": "rank", "lslr": True, "multi_step_loss": 50,
+                                 "first_order_episodes": 20, **SECOND_ORDER, **VALIDATE},
                   "abmll": {"learner": "abmll", **{k: v for k, v in SECOND_ORDER.items() if k != "inner_optimizer"},
                             **VALIDATE},
                   "reptile": PAPER_REPTILE},

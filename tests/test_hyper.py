@@ -104,3 +104,32 @@ def test_tasks_similarity_shows_which_tasks_look_alike(tiny_dir, tmp_path):
     lines = ran.stdout.splitlines()
     assert lines[0].startswith("aclsum-title") and "nearest, centered:" in lines[0] and len(lines) == 4
     assert (tmp_path / "sim.png").stat().st_size > 0
+
+
+def test_the_rank_generator_writes_one_row_per_rank(tiny):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    theta = nudged(tiny.model)
+    hidden = tiny.model.args.hidden_size
+    gen = hyper.init(theta, hidden, 8, mx.random.key(0), per_rank=True)
+    z = mx.random.normal((hidden,), key=mx.random.key(1))
+    assert all(mx.array_equal(x, theta[k]).item() for k, x in hyper.generate(gen, z, theta).items())  # G = 0 at first
+    gen["head"] = {k: mx.random.normal(v.shape, key=mx.random.key(2)) for k, v in gen["head"].items()}
+    out = hyper.generate(gen, z, theta)
+    for name in ("model.layers.1.self_attn.q_proj.lora_a", "model.layers.1.self_attn.v_proj.lora_b"):
+        layer, kind = hyper._kind(name)
+        rows = [mx.tanh(z @ gen["w"] + gen["layer"][str(layer)] + gen["kind"][kind] + gen["rank"][i]) @ gen["head"][kind]
+                for i in range(4)]
+        want = mx.stack(rows) if name.endswith("lora_b") else mx.stack(rows, axis=1)
+        assert want.shape == theta[name].shape and gen["head"][kind].shape[1] * 4 == theta[name].size
+        assert mx.allclose(out[name] - theta[name], want, rtol=1e-5, atol=1e-6).item()
+    # and the learner: a rank generator at G = 0 takes MAML's step too
+    ep = episode_of(tiny.tokenizer)
+    maml, inner = learner_and_loop(tiny.model, "maml", inner_steps=2, inner_lr=0.05)
+    hyp, _ = learner_and_loop(tiny.model, "hyper", inner_steps=2, inner_lr=0.05, hyper_null=0.0, hyper_generator="rank")
+    params = hyp.init(theta, inner)
+    mx.random.seed(5)
+    want = maml.task({"theta": theta}, ep, inner, np.random.default_rng(0), 0).contribution
+    mx.random.seed(5)
+    got = hyp.task(params, ep, inner, np.random.default_rng(0), 0).contribution
+    assert_close(got["theta"], want["theta"], rel=1e-6)
+    assert float(mx.abs(got["gen"]["head"]["self_attn.q_proj.lora_a"]).sum()) > 0

@@ -8,7 +8,9 @@ A generator adds to every LoRA tensor of a meta-learned point θ:
     φ₀ = θ + G(z),   G(z)_{l,m} = H_m tanh(W z + e_l + e_m),
 
 one hidden layer shared by every tensor, an embedding per layer l and per kind of tensor m (module
-and A or B), and one output head H_m per kind, shared over layers. H starts at 0, so G = 0 and the
+and A or B), and one output head H_m per kind, shared over layers. The alternative (--hyper-generator
+rank) writes each tensor one rank's row at a time, G(z)_{l,m,i} = H_m tanh(W z + e_l + e_m + e_i), so a
+head is r times smaller. H starts at 0, so G = 0 and the
 first step is MAML's. From φ₀ the task is adapted by MAML's T differentiable SGD steps (with its
 MAML++ options); the meta-gradient v = ∇_{φ₀} L_Q reaches θ as it is, and the generator as
 J_G(z)ᵀ v. With --first-order, v is the query gradient at φ_T (FOMAML's). A share of episodes
@@ -34,6 +36,10 @@ from .maml import MAML, LslrOptions, MamlOptions
 @dataclass
 class HyperOptions:
     hyper_hidden: int = option(64, "hyper: width of the generator's hidden layer", min=1)
+    hyper_generator: str = option("kind", "hyper: kind = one output head per kind of tensor, shared over layers "
+                                          "(Text-to-LoRA's M); rank = one head per kind that writes one rank's row at "
+                                          "a time from a rank embedding (its S: 1/r of the heads' parameters)",
+                                  choices=("kind", "rank"))
     hyper_inputs_only: bool = option(False, "hyper: embed the shots' inputs only (their prompts without the "
                                             "answers), as Drag-and-Drop conditions on unlabeled prompts")
     hyper_null: float = option(0.1, "hyper: share of tasks meta-trained at 0 shots (the null embedding, no "
@@ -52,20 +58,31 @@ def _in_order(names) -> list[str]:
     return sorted(names, key=lambda n: _kind(n)[::-1])
 
 
-def init(theta: dict, hidden_size: int, width: int, key: mx.array) -> dict:
+def _rows(name: str, shape) -> tuple[int, int]:
+    """(rank, length of one rank's row) of a LoRA tensor: A is (in, r), B is (r, out)."""
+    return (shape[0], shape[1]) if name.endswith("lora_b") else (shape[1], shape[0])
+
+
+def init(theta: dict, hidden_size: int, width: int, key: mx.array, per_rank: bool = False) -> dict:
     """The generator's arrays; its heads are 0, so G(z) = 0 for every z."""
     kinds = {}
     for name in _in_order(theta):
         layer, kind = _kind(name)
-        kinds.setdefault(kind, (theta[name].size, []))[1].append(layer)
+        size = _rows(name, theta[name].shape)[1] if per_rank else theta[name].size
+        kinds.setdefault(kind, (size, []))[1].append(layer)
     layers = sorted({layer for _, ls in kinds.values() for layer in ls})
-    k = mx.random.split(key, 3)
+    k = mx.random.split(key, 4)
     layer_keys, kind_keys = mx.random.split(k[1], len(layers)), mx.random.split(k[2], len(kinds))
-    return {"null": mx.zeros((hidden_size,)),
-            "w": mx.random.normal((hidden_size, width), key=k[0]) / math.sqrt(hidden_size),
-            "layer": {str(layer): 0.02 * mx.random.normal((width,), key=layer_keys[i]) for i, layer in enumerate(layers)},
-            "kind": {kind: 0.02 * mx.random.normal((width,), key=kind_keys[i]) for i, kind in enumerate(kinds)},
-            "head": {kind: mx.zeros((width, size)) for kind, (size, _) in kinds.items()}}
+    gen = {"null": mx.zeros((hidden_size,)),
+           "w": mx.random.normal((hidden_size, width), key=k[0]) / math.sqrt(hidden_size),
+           "layer": {str(layer): 0.02 * mx.random.normal((width,), key=layer_keys[i]) for i, layer in enumerate(layers)},
+           "kind": {kind: 0.02 * mx.random.normal((width,), key=kind_keys[i]) for i, kind in enumerate(kinds)},
+           "head": {kind: mx.zeros((width, size)) for kind, (size, _) in kinds.items()}}
+    if per_rank:
+        name = next(iter(theta))
+        rank = _rows(name, theta[name].shape)[0]
+        gen["rank"] = 0.02 * mx.random.normal((rank, width), key=k[3])
+    return gen
 
 
 def embed(gen: dict, pooled: mx.array | None) -> mx.array:
@@ -82,9 +99,13 @@ def generate(gen: dict, z: mx.array, theta: dict) -> dict:
         by_kind.setdefault(_kind(name)[1], []).append(name)
     out = {}
     for kind, names in by_kind.items():
-        h = mx.tanh(h0 + mx.stack([gen["layer"][str(_kind(n)[0])] for n in names]) + gen["kind"][kind])
-        deltas = h @ gen["head"][kind]  # (layers of this kind, elements of one tensor)
-        out.update({n: theta[n] + deltas[i].reshape(theta[n].shape) for i, n in enumerate(names)})
+        h = h0 + mx.stack([gen["layer"][str(_kind(n)[0])] for n in names]) + gen["kind"][kind]
+        if "rank" in gen:  # (layers, r, row length): B's rows as they are, A's as its columns
+            rows = mx.tanh(h[:, None, :] + gen["rank"][None]) @ gen["head"][kind]
+            out.update({n: theta[n] + (rows[i] if n.endswith("lora_b") else rows[i].T) for i, n in enumerate(names)})
+        else:
+            deltas = mx.tanh(h) @ gen["head"][kind]  # (layers of this kind, elements of one tensor)
+            out.update({n: theta[n] + deltas[i].reshape(theta[n].shape) for i, n in enumerate(names)})
     return out
 
 
@@ -123,7 +144,7 @@ class Hyper(MAML):
 
     def init(self, theta: dict, inner=None) -> dict:
         hidden = inner.model.args.hidden_size  # the width of the base's last hidden state (mlx-lm's args)
-        gen = init(theta, hidden, self.cfg.hyper_hidden, mx.random.key(self.cfg.seed))
+        gen = init(theta, hidden, self.cfg.hyper_hidden, mx.random.key(self.cfg.seed), self.cfg.hyper_generator == "rank")
         return {**super().init(theta, inner), "gen": gen}
 
     def start(self, params: dict, lora) -> starts.Start:
@@ -154,5 +175,5 @@ class Hyper(MAML):
         return super().tokens(episode) + sum(len(x.ids) for x in episode.support)  # the embedding's pass
 
     def describe(self) -> dict:
-        return {**super().describe(), "hyper_hidden": self.cfg.hyper_hidden,
+        return {**super().describe(), "hyper_hidden": self.cfg.hyper_hidden, "hyper_generator": self.cfg.hyper_generator,
                 "hyper_inputs_only": self.cfg.hyper_inputs_only, "hyper_null": self.cfg.hyper_null}
