@@ -692,7 +692,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="toy sizes on a CPU: a smoke run of every stage")
     args = ap.parse_args(argv)
     plan = PLANS[args.plan]
-    args.overrides = ({"episodes": 2, "support": 2, "query": 2, "inner_steps": 1, "max_length": 96, "micro_batch": 2,
+    args.overrides = ({"episodes": 2, "support": 2, "query": 2, "inner_steps": 1, "max_length": 128, "micro_batch": 2,
                        "eval_every": 1, "checkpoint_every": 1, "valid_every": 1, "valid_limit": 2, "valid_shots": "1",
                        "valid_steps": "1", "valid_lr_scales": "1"} if args.quick else {})
     args.learners = args.learners.split(",") if args.learners else None
