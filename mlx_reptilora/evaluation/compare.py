@@ -28,8 +28,8 @@ from .report import ALIASES, canonical, cell, fmt
 from .adapt import AdaptOptions
 
 # "meta": the meta-learned start, whatever its learner; "meta+in-context": adapted, and its shots in the prompt too
-SYSTEMS = ("lora", "meta", "in-context", "meta+in-context")
-DEFAULT_SYSTEMS = SYSTEMS[:3]
+SYSTEMS = ("lora", "meta", "in-context")  # the default
+ALL_SYSTEMS = SYSTEMS + ("meta+in-context",)
 LABELS = {"lora": "LoRA", "in-context": "In-context"}
 
 
@@ -56,10 +56,10 @@ class CompareConfig(models.ModelOptions, evaluate.EvalOptions, AdaptOptions):
     tasks: list[str] = option(list(tasks.DEFAULT_TASKS), "comma-separated task names or folders")
     shots: list[int] = option([0, 1, 5], "comma-separated shot counts", min=0)
     draws: int = option(3, "draws of the shots per k > 0, pooled into one interval", min=1)
-    systems: list[str] = option(list(DEFAULT_SYSTEMS), "which systems to compare (reptilora: meta; "
+    systems: list[str] = option(list(SYSTEMS), "which systems to compare (reptilora: meta; "
                                                        "meta+in-context: the adapted start with its shots in the "
                                                        "prompt too)",
-                                choices=SYSTEMS + tuple(ALIASES))
+                                choices=ALL_SYSTEMS + tuple(ALIASES))
     seed: int = option(0, "seed of the first draw (draw d uses seed + d)", min=0)
     samples: int | None = option(None, "a start that is a distribution (abmll): posterior samples whose option "
                                        "probabilities a choice prediction averages; 0: the posterior mean alone",
@@ -189,7 +189,7 @@ def _names(rows: list[dict]) -> list[str]:
 def markdown_table(rows: list[dict], cfg: CompareConfig, start_label: str = "Meta start") -> str:
     """One line per task and shot count: each system's headline score on the task's own metric, then
     the other scores (ROUGE-1/2; a choice task's NLL and ECE)."""
-    systems = [s for s in SYSTEMS if s in cfg.systems]
+    systems = [s for s in ALL_SYSTEMS if s in cfg.systems]
     head = "| task | metric | shots | " + " | ".join(label(s, start_label) for s in systems) + " |"
     lines = [head, "|" + " --- |" * (3 + len(systems))]
     details = []
@@ -219,7 +219,7 @@ STYLES = {"lora": dict(color="#4C72B0"), "meta": dict(color="#DD8452", hatch="//
 def chart(rows: list[dict], task: str, cfg: CompareConfig, path: Path, start_label: str = "Meta start") -> None:
     """Grouped bars like the paper's Figures 2-3: groups = shots, hatched = the meta start, solid = LoRA;
     the task's own metric."""
-    systems = [s for s in SYSTEMS if s in cfg.systems]
+    systems = [s for s in ALL_SYSTEMS if s in cfg.systems]
     series = {label(s, start_label): {k: cell(rows, task, s, k) for k in cfg.shots if cell(rows, task, s, k)}
               for s in systems}
     styles = {label(s, start_label): STYLES[s] for s in systems}
@@ -233,7 +233,7 @@ def reliability_chart(rows: list[dict], task: str, cfg: CompareConfig, path: Pat
     base = cell(rows, task, "lora", 0) or cell(rows, task, "in-context", 0)
     if base:
         series["base model, 0-shot"] = base
-    for s in (s for s in SYSTEMS if s in cfg.systems):
+    for s in (s for s in ALL_SYSTEMS if s in cfg.systems):
         r = cell(rows, task, s, k)
         if r and k:
             series[f"{label(s, start_label)}, {k}-shot"] = r
