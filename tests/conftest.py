@@ -156,3 +156,17 @@ def _environ(env: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def trained_and_resumed(args: list, episodes: int, tmp_path):
+    """meta-train `args` for `episodes` straight, and again stopped half-way and resumed: the two
+    starts are the same bytes (a start of any kind: its arrays file). The straight run's folder."""
+    from mlx_reptilora.meta import start as starts
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli("meta-train", *args, "--episodes", episodes, "--out", straight).returncode == 0
+    assert run_cli("meta-train", *args, "--episodes", episodes // 2, "--out", resumed).returncode == 0
+    ran = run_cli("meta-train", *args, "--episodes", episodes, "--out", resumed, "--resume")
+    assert ran.returncode == 0, ran.stderr
+    assert (resumed / starts.ARRAYS).read_bytes() == (straight / starts.ARRAYS).read_bytes()
+    return straight

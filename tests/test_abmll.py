@@ -13,7 +13,7 @@ import torch
 
 from mlx_reptilora.meta import abmll, start as starts
 from mlx_reptilora.model import adapters
-from tests.conftest import assert_close, run_cli
+from tests.conftest import assert_close, run_cli, trained_and_resumed
 from tests.test_learners import episode_of, learner_and_loop, nudged
 
 
@@ -76,12 +76,7 @@ def test_abmll_meta_trains_resumes_adapts_and_compares_with_samples(tiny_dir, tm
     args = [*model, "--learner", "abmll", "--tasks", "afinn-polarity,pydoc", "--support", "3", "--query", "3",
             "--inner-steps", "2", "--rank", "4", "--max-length", "64", "--eval-every", "2", "--checkpoint-every", "1",
             "--abmll-samples", "3", "--quiet"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run_cli("meta-train", *args, "--episodes", "3", "--out", straight).returncode == 0
-    assert run_cli("meta-train", *args, "--episodes", "2", "--out", resumed).returncode == 0
-    ran = run_cli("meta-train", *args, "--episodes", "3", "--out", resumed, "--resume")
-    assert ran.returncode == 0, ran.stderr
-    assert (resumed / starts.ARRAYS).read_bytes() == (straight / starts.ARRAYS).read_bytes()
+    straight = trained_and_resumed(args, 3, tmp_path)
     records = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["kl"][0] > 0 for r in records)
     start = starts.read(straight)

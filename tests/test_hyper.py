@@ -10,7 +10,7 @@ import numpy as np
 from mlx_reptilora.data import prompts
 from mlx_reptilora.meta import hyper, start as starts
 from mlx_reptilora.model import adapters
-from tests.conftest import assert_close, run_cli
+from tests.conftest import assert_close, run_cli, trained_and_resumed
 from tests.test_learners import episode_of, learner_and_loop, nudged
 
 
@@ -59,12 +59,7 @@ def test_hyper_meta_trains_resumes_and_adapts_to_a_plain_adapter(tiny_dir, tmp_p
     args = [*model, "--learner", "hyper", "--tasks", "aclsum-title,pydoc", "--support", "3", "--query", "3",
             "--inner-steps", "2", "--rank", "4", "--max-length", "128", "--hyper-hidden", "8", "--hyper-null", "0.5",
             "--eval-every", "2", "--checkpoint-every", "1", "--quiet"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run_cli("meta-train", *args, "--episodes", "4", "--out", straight).returncode == 0
-    assert run_cli("meta-train", *args, "--episodes", "2", "--out", resumed).returncode == 0
-    ran = run_cli("meta-train", *args, "--episodes", "4", "--out", resumed, "--resume")
-    assert ran.returncode == 0, ran.stderr
-    assert (resumed / starts.ARRAYS).read_bytes() == (straight / starts.ARRAYS).read_bytes()
+    straight = trained_and_resumed(args, 4, tmp_path)
     records = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     assert {r["zero_shot"][0] for r in records} <= {0, 1} and len(records) == 4
     start = starts.read(straight)
