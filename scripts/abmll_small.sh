@@ -7,10 +7,8 @@
 # runs/abmll-small/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=runs/abmll-small
-rm -rf "$OUT" && mkdir -p "$OUT"
-exec > >(tee "$OUT/run.log") 2>&1
-run() { echo "+ mlx-reptilora $*"; .venv/bin/mlx-reptilora "$@"; }
+. scripts/logged.sh
+logged runs/abmll-small
 run meta-train --learner abmll --tasks wordnet-pos,mime-kind,unicode-category,iso-country-language,pydoc \
     --episodes 8 --support 4 --query 8 --inner-steps 2 --max-length 128 --micro-batch 4 --eval-every 4 \
     --checkpoint-every 4 --valid-tasks emoji-name-language --valid-every 8 --valid-shots 1,5 --valid-steps 0,1 \

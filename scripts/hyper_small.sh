@@ -5,10 +5,8 @@
 # on. It shows the path runs; its numbers are 4 episodes' worth. Writes runs/hyper-small/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=runs/hyper-small
-rm -rf "$OUT" && mkdir -p "$OUT"
-exec > >(tee "$OUT/run.log") 2>&1
-run() { echo "+ mlx-reptilora $*"; .venv/bin/mlx-reptilora "$@"; }
+. scripts/logged.sh
+logged runs/hyper-small
 run meta-train -c cpu-small --learner hyper --hyper-hidden 32 --episodes 4 --inner-steps 2 --valid-every 4 \
     --out "$OUT/meta"
 run adapt --task numpy-name --shots 5 --adapters "$OUT/meta" --max-length 256 --out "$OUT/adapted"

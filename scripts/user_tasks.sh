@@ -5,11 +5,9 @@
 # Writes runs/user-tasks/ (run.log, compare/, warmth-5shot.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=runs/user-tasks
-rm -rf "$OUT" && mkdir -p "$OUT"
-exec > >(tee "$OUT/run.log") 2>&1
+. scripts/logged.sh
+logged runs/user-tasks
 .venv/bin/python -c "import sys, pathlib; sys.path.insert(0, 'tests'); from test_formats import user_folders; user_folders(pathlib.Path('$OUT/data'))"
-run() { echo "+ mlx-reptilora $*"; .venv/bin/mlx-reptilora "$@"; }
 D=$OUT/data
 run tasks "$D/chat" "$D/completion" "$D/text" "$D/notes" "$D/warmth"
 run meta-train -c cpu-small --tasks "$D/chat,$D/completion,$D/text,$D/notes" --valid-tasks "$D/warmth" \
