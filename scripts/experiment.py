@@ -173,8 +173,9 @@ PLANS = {
                   # the generator's alternative: a head per kind writing one rank's row at a time (Text-to-LoRA's S)
                   "hyper-rank": {"learner": "hyper", "hyper_generator": "rank", "lslr": True, "multi_step_loss": 50,
                                  "first_order_episodes": 20, **SECOND_ORDER, **VALIDATE},
+                  # log σ's own outer step: at the outer 3e-4 the prior's width cannot move (RESULTS, abmll-small)
                   "abmll": {"learner": "abmll", **{k: v for k, v in SECOND_ORDER.items() if k != "inner_optimizer"},
-                            **VALIDATE},
+                            "abmll_sigma_lr": 1e-2, **VALIDATE},
                   "reptile": PAPER_REPTILE},
         baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]},
                    "lora-data": {"systems": "lora", "shots": "20,50", "tune_steps": [7, 21, 63], "tune_shots": [20, 50]},

@@ -107,3 +107,16 @@ def test_abmll_meta_trains_resumes_adapts_and_compares_with_samples(tiny_dir, tm
     assert all("samples" not in r for r in mean) and [r["probs"] for r in rows] != [r["probs"] for r in mean]
     lora = [json.loads(x) for x in (tmp_path / "cmp" / "predictions" / "afinn-polarity-lora-2shot.jsonl").read_text().splitlines()]
     assert all("samples" not in r for r in lora)
+
+
+def test_the_prior_width_takes_its_own_outer_step(tiny):
+    """Adam's first step moves each element by its learning rate: log σ by --abmll-sigma-lr, μ by --outer-lr."""
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    ep = episode_of(tiny.tokenizer)
+    learner, inner = learner_and_loop(tiny.model, "abmll", inner_steps=2, inner_lr=0.05, abmll_sigma_lr=1e-2,
+                                      outer_lr=3e-4)
+    params = learner.init(nudged(tiny.model), inner)
+    new = learner.step(params, [ep], inner, 0).params
+    moved = lambda part: max(float(mx.abs(new[part][k] - params[part][k]).max()) for k in params[part])  # noqa: E731
+    assert abs(moved("rho") - 1e-2) < 1e-4 and abs(moved("theta") - 3e-4) < 1e-5
+    assert set(learner.state()) == {"mean", "rho"}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.optimizers as optim
 
 from ..errors import UserError
 from ..model import adapters
@@ -50,6 +51,9 @@ class AbmllOptions:
                                        min=0, default_text="--abmll-beta")
     abmll_sigma: float = option(1e-3, "abmll: the global prior's initial standard deviation, every LoRA element",
                                 gt=0, max=1)
+    abmll_sigma_lr: float | None = option(None, "abmll: the outer Adam's learning rate for log sigma (the prior's "
+                                                "width moves by about this much per episode)", gt=0, max=1,
+                                          default_text="--outer-lr")
     abmll_samples: int = option(4, "abmll: posterior samples whose option probabilities a choice prediction "
                                    "averages; 0: the posterior mean alone", min=0)
 
@@ -146,6 +150,22 @@ class ABMLL(GradientLearner):
             raise UserError(f"--learner {cls.name} refines its posterior by plain SGD steps on the ELBO: leave "
                             f"--inner-optimizer unset or pass sgd")
 
+    def __init__(self, cfg, episodes: int, world=None):
+        super().__init__(cfg, episodes, world)
+        self.outer_rho = optim.Adam(learning_rate=cfg.abmll_sigma_lr or cfg.outer_lr, bias_correction=True)
+
+    def update(self, params: dict, mean: dict, t: int) -> dict:
+        """μ by the outer Adam, log σ by one of its own (--abmll-sigma-lr)."""
+        self.check_finite(mean)
+        return {**self.outer.apply_gradients({"theta": mean["theta"]}, {"theta": params["theta"]}),
+                **self.outer_rho.apply_gradients({"rho": mean["rho"]}, {"rho": params["rho"]})}
+
+    def state(self) -> dict:
+        return {"mean": self.outer.state, "rho": self.outer_rho.state}
+
+    def load_state(self, state: dict) -> None:
+        self.outer.state, self.outer_rho.state = state["mean"], state["rho"]
+
     def gamma(self) -> float:
         return self.cfg.abmll_beta if self.cfg.abmll_gamma is None else self.cfg.abmll_gamma
 
@@ -180,7 +200,7 @@ class ABMLL(GradientLearner):
 
     def describe(self) -> dict:
         return {**super().describe(), "abmll_beta": self.cfg.abmll_beta, "abmll_gamma": self.gamma(),
-                "abmll_sigma": self.cfg.abmll_sigma, "abmll_samples": self.cfg.abmll_samples}
+                "abmll_sigma": self.cfg.abmll_sigma, "abmll_sigma_lr": self.cfg.abmll_sigma_lr or self.cfg.outer_lr, "abmll_samples": self.cfg.abmll_samples}
 
     def recipe(self) -> dict:
         # the start refines its posterior itself (AbmllStart.for_task): no plain steps after it by default

@@ -164,10 +164,14 @@ class GradientLearner(Learner):
     def tokens(self, episode) -> int:
         return super().tokens(episode) + _tokens(episode.query)  # and one pass over the query set
 
-    def update(self, params: dict, mean: dict, t: int) -> dict:
+    @staticmethod
+    def check_finite(mean: dict) -> None:
         norm = sum((g * g).sum() for _, g in tree_flatten(mean))
         if not mx.isfinite(norm).item():
             raise NonFiniteLoss(float(norm), "meta-gradient")  # before Adam's moments take it in
+
+    def update(self, params: dict, mean: dict, t: int) -> dict:
+        self.check_finite(mean)
         return self.outer.apply_gradients(mean, params)
 
     def state(self) -> dict:
