@@ -147,8 +147,9 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe, start: starts
         print(f"{len(shots)} shots of {task.name}: {cut} truncated to --max-length {cfg.max_length}")
     inner = InnerLoop(base.model, cfg.inner(plan), bucket_lengths(cfg.max_length), rows=max(len(shots), 1),
                       say=None if cfg.quiet else print)
-    before = inner.loss_at(start.for_task(inner, shots), shots) if shots else None
-    losses, steps = adaptation.adapt(start, inner, shots, plan, cfg.quiet)  # the model holds what it made
+    inner.set_weights(start.for_task(inner, shots))  # once: what a generator or a posterior makes costs passes
+    before = inner.loss(shots) if shots else None
+    losses, steps = adaptation.fine_tune(inner, shots, plan, cfg.quiet)  # the model holds what it made
     after = inner.loss(shots) if shots and steps else before
     if shots and not cfg.quiet:  # the loss on the shots with dropout off, before and after the steps
         print(f"adapted on {cfg.shots} shots of {task.name} in {steps} steps: loss on the shots {before:.3f} -> "

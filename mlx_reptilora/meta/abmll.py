@@ -152,7 +152,7 @@ class ABMLL(GradientLearner):
 
     def __init__(self, cfg, episodes: int, world=None):
         super().__init__(cfg, episodes, world)
-        self.outer_rho = optim.Adam(learning_rate=cfg.abmll_sigma_lr or cfg.outer_lr, bias_correction=True)
+        self.outer_rho = optim.Adam(learning_rate=self.sigma_lr(), bias_correction=True)
 
     def update(self, params: dict, mean: dict, t: int) -> dict:
         """μ by the outer Adam, log σ by one of its own (--abmll-sigma-lr)."""
@@ -165,6 +165,9 @@ class ABMLL(GradientLearner):
 
     def load_state(self, state: dict) -> None:
         self.outer.state, self.outer_rho.state = state["mean"], state["rho"]
+
+    def sigma_lr(self) -> float:
+        return self.cfg.abmll_sigma_lr or self.cfg.outer_lr
 
     def gamma(self) -> float:
         return self.cfg.abmll_beta if self.cfg.abmll_gamma is None else self.cfg.abmll_gamma
@@ -200,7 +203,8 @@ class ABMLL(GradientLearner):
 
     def describe(self) -> dict:
         return {**super().describe(), "abmll_beta": self.cfg.abmll_beta, "abmll_gamma": self.gamma(),
-                "abmll_sigma": self.cfg.abmll_sigma, "abmll_sigma_lr": self.cfg.abmll_sigma_lr or self.cfg.outer_lr, "abmll_samples": self.cfg.abmll_samples}
+                "abmll_sigma": self.cfg.abmll_sigma, "abmll_sigma_lr": self.sigma_lr(),
+                "abmll_samples": self.cfg.abmll_samples}
 
     def recipe(self) -> dict:
         # the start refines its posterior itself (AbmllStart.for_task): no plain steps after it by default

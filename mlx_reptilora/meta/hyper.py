@@ -71,7 +71,7 @@ def init(theta: dict, hidden_size: int, width: int, key: mx.array, per_rank: boo
         size = _rows(name, theta[name].shape)[1] if per_rank else theta[name].size
         kinds.setdefault(kind, (size, []))[1].append(layer)
     layers = sorted({layer for _, ls in kinds.values() for layer in ls})
-    k = mx.random.split(key, 4)
+    k = mx.random.split(key, 4 if per_rank else 3)  # the default generator's keys as they always were
     layer_keys, kind_keys = mx.random.split(k[1], len(layers)), mx.random.split(k[2], len(kinds))
     gen = {"null": mx.zeros((hidden_size,)),
            "w": mx.random.normal((hidden_size, width), key=k[0]) / math.sqrt(hidden_size),
