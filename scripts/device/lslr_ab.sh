@@ -4,7 +4,7 @@
 # machine's state is shared. Before the lease, here:
 #   mkdir -p .exp/ab && git archive -o .exp/ab/old.tar b49e646 mlx_reptilora benchmarks
 # then on the device (carry [".exp/ab"], after the staged chunks are unstaged), detached:
-#   bash scripts/device/detached.sh start bash scripts/device/lslr_ab.sh .exp/ab/old.tar
+#   bash scripts/device/detached.sh start bash scripts/device/lslr_ab.sh .exp/ab/old.tar   (ROUNDS=1: one old/new pair)
 set -euo pipefail
 export MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 GGUF=${GGUF:-/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -12,7 +12,7 @@ old=/tmp/ab-old
 rm -rf $old && mkdir -p $old && tar -xf "$1" -C $old
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 rows='("reptile", "maml", "maml --lslr")'
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-2}"); do
   for side in old new; do
     dir=$([ $side = old ] && echo $old || echo "$PWD")
     (cd "$dir" && PYTHONPATH=/tmp/site:$dir python3 -c "
