@@ -10,6 +10,7 @@ set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 # 10 processes on one GPU: each keeps at most 3 GB of freed buffers (without a cap they ran an H200 out)
 export MLX_REPTILORA_CACHE_LIMIT_GB=${MLX_REPTILORA_CACHE_LIMIT_GB:-3}
+[ -f .taskcache/tasks.tar.gz ] && tar xzf .taskcache/tasks.tar.gz -C .taskcache  # packed: fits one call beside a chunk
 [ -d .taskcache ] && export MLX_REPTILORA_TASK_CACHE=$PWD/.taskcache
 STAGES=${STAGES:-meta,test}  # STAGES=meta: all the time left to meta-training; STAGES=test: to testing
 GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
