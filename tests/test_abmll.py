@@ -6,6 +6,9 @@ compare averages posterior samples on a choice task."""
 
 import json
 import math
+import re
+import subprocess
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -83,10 +86,16 @@ def test_abmll_meta_trains_resumes_adapts_and_compares_with_samples(tiny_dir, tm
     assert isinstance(start, abmll.AbmllStart) and start.settings["samples"] == 3
     rho = start.arrays["rho"]["model.layers.0.self_attn.q_proj.lora_a"]
     assert float(mx.abs(rho - math.log(1e-3)).max()) > 0  # the prior's width is meta-learned too
+    read_alone = subprocess.run([sys.executable, "-c", "import sys; from mlx_reptilora.meta import start; "
+                                 "print(start.read(sys.argv[1]).kind)", str(straight)], capture_output=True, text=True)
+    assert read_alone.stdout.strip() == "abmll", read_alone.stderr  # from Python, no learner imported first
 
     adapted = run_cli("adapt", *model, "--adapters", straight, "--task", "afinn-polarity", "--shots", "2", "--out",
                       tmp_path / "adapted")
     assert adapted.returncode == 0, adapted.stderr
+    said = re.search(r"the start's adapters for these shots: loss on the shots ([0-9.]+) without them -> ([0-9.]+)",
+                     adapted.stdout)
+    assert said and said[1] != said[2], adapted.stdout  # the posterior's mean is not the prior's
     from mlx_lm.tuner.utils import load_adapters  # what mlx_lm.generate --adapter-path runs
 
     from mlx_reptilora.model import models

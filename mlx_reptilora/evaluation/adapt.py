@@ -147,8 +147,15 @@ def _run(cfg: AdaptConfig, task: tasks.Task, plan: recipes.Recipe, start: starts
         print(f"{len(shots)} shots of {task.name}: {cut} truncated to --max-length {cfg.max_length}")
     inner = InnerLoop(base.model, cfg.inner(plan), bucket_lengths(cfg.max_length), rows=max(len(shots), 1),
                       say=None if cfg.quiet else print)
+    unconditioned = None
+    if shots and not start.is_point and not cfg.quiet:  # what the start alone makes of the shots, said below
+        inner.set_weights(start.for_task(inner, []))
+        unconditioned = inner.loss(shots)
     inner.set_weights(start.for_task(inner, shots))  # once: what a generator or a posterior makes costs passes
     before = inner.loss(shots) if shots else None
+    if unconditioned is not None:
+        print(f"the start's adapters for these shots: loss on the shots {unconditioned:.3f} without them -> "
+              f"{before:.3f}")
     losses, steps = adaptation.fine_tune(inner, shots, plan, cfg.quiet)  # the model holds what it made
     after = inner.loss(shots) if shots and steps else before
     if shots and not cfg.quiet:  # the loss on the shots with dropout off, before and after the steps
