@@ -11,14 +11,15 @@ GGUF=${GGUF:-/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf}
 old=/tmp/ab-old
 rm -rf $old && mkdir -p $old && tar -xf "$1" -C $old
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-rows='("reptile", "maml", "maml --lslr")'
 for round in $(seq "${ROUNDS:-2}"); do
+  # reptile is the ratios' base and runs first; the second round runs LSLR before MAML (order effects)
+  rows=$([ $((round % 2)) = 1 ] && echo '("reptile", "maml", "maml --lslr")' || echo '("reptile", "maml --lslr", "maml")')
   for side in old new; do
     dir=$([ $side = old ] && echo $old || echo "$PWD")
     (cd "$dir" && PYTHONPATH=/tmp/site:$dir python3 -c "
 import sys, benchmarks.learners as b
-b.LEARNERS = tuple(x for x in b.LEARNERS if x[0] in $rows)
-b.main(sys.argv[1:])" --model $GGUF --shape smollm2-135m --sweep "" --out "$OUT/$side-$round") \
+b.LEARNERS = tuple(sorted((x for x in b.LEARNERS if x[0] in $rows), key=lambda x: $rows.index(x[0])))
+b.main(sys.argv[1:])" --model $GGUF --shape smollm2-135m --sweep "" --repeats "${REPEATS:-3}" --out "$OUT/$side-$round") \
       2>&1 | tee "$OUT/$side-$round.log"
   done
 done
