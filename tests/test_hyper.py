@@ -36,7 +36,7 @@ def test_with_g_zero_the_step_is_maml(tiny):
     names = [n for n in theta if hyper._kind(n)[1] == kind]
     hs = mx.stack([mx.tanh(z @ params["gen"]["w"] + params["gen"]["layer"][str(hyper._kind(n)[0])]
                            + params["gen"]["kind"][kind]) for n in names])
-    want_head = hs.T @ mx.stack([want["theta"][n].reshape(-1) for n in names])
+    want_head = hs.T @ mx.stack([want["theta"][n].reshape(-1) for n in names]) / hs.shape[-1]
     assert mx.allclose(got["gen"]["head"][kind], want_head, rtol=1e-4, atol=1e-7).item()
 
 
@@ -112,7 +112,7 @@ def test_the_rank_generator_writes_one_row_per_rank(tiny):
     out = hyper.generate(gen, z, theta)
     for name in ("model.layers.1.self_attn.q_proj.lora_a", "model.layers.1.self_attn.v_proj.lora_b"):
         layer, kind = hyper._kind(name)
-        rows = [mx.tanh(z @ gen["w"] + gen["layer"][str(layer)] + gen["kind"][kind] + gen["rank"][i]) @ gen["head"][kind]
+        rows = [mx.tanh(z @ gen["w"] + gen["layer"][str(layer)] + gen["kind"][kind] + gen["rank"][i]) @ gen["head"][kind] / 8
                 for i in range(4)]
         want = mx.stack(rows) if name.endswith("lora_b") else mx.stack(rows, axis=1)
         assert want.shape == theta[name].shape and gen["head"][kind].shape[1] * 4 == theta[name].size
@@ -128,3 +128,19 @@ def test_the_rank_generator_writes_one_row_per_rank(tiny):
     got = hyp.task(params, ep, inner, np.random.default_rng(0), 0).contribution
     assert_close(got["theta"], want["theta"], rel=1e-6)
     assert float(mx.abs(got["gen"]["head"]["self_attn.q_proj.lora_a"]).sum()) > 0
+
+
+def test_one_outer_step_moves_the_generated_start_no_further_than_theta(tiny):
+    """Adam moves every entry of a head by about the outer lr; G's 1/width readout keeps each
+    generated entry's move within it too (without it, about 0.6 x width x lr: the start diverged)."""
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    ep = episode_of(tiny.tokenizer)
+    for generator in ("kind", "rank"):
+        hyp, inner = learner_and_loop(tiny.model, "hyper", inner_steps=2, inner_lr=0.05, hyper_null=0.0,
+                                      hyper_hidden=32, outer_lr=1e-3, hyper_generator=generator)
+        params = hyp.init(nudged(tiny.model), inner)
+        got = hyp.task(params, ep, inner, np.random.default_rng(0), 0).contribution
+        new = hyp.update(params, got, 0)
+        z = hyper.embed(new["gen"], inner.pooled(ep.support))
+        moved = max(float(mx.abs(x - new["theta"][k]).max()) for k, x in hyper.generate(new["gen"], z, new["theta"]).items())
+        assert 0 < moved <= 1.01e-3, (generator, moved)

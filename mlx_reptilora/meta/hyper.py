@@ -5,12 +5,15 @@ The task embedding z is the frozen base's own hidden states of the support examp
 tokens and shots (InnerLoop.pooled), RMS-normalised; with no shots it is a learned null embedding.
 A generator adds to every LoRA tensor of a meta-learned point θ:
 
-    φ₀ = θ + G(z),   G(z)_{l,m} = H_m tanh(W z + e_l + e_m),
+    φ₀ = θ + G(z),   G(z)_{l,m} = H_m tanh(W z + e_l + e_m) / d,
 
-one hidden layer shared by every tensor, an embedding per layer l and per kind of tensor m (module
-and A or B), and one output head H_m per kind, shared over layers. The alternative (--hyper-generator
-rank) writes each tensor one rank's row at a time, G(z)_{l,m,i} = H_m tanh(W z + e_l + e_m + e_i), so a
-head is r times smaller. H starts at 0, so G = 0 and the
+one hidden layer of width d shared by every tensor, an embedding per layer l and per kind of tensor
+m (module and A or B), and one output head H_m per kind, shared over layers. The alternative
+(--hyper-generator rank) writes each tensor one rank's row at a time, G(z)_{l,m,i} = H_m tanh(W z +
+e_l + e_m + e_i) / d, so a head is r times smaller. The 1/d is muP's readout: Adam moves every entry
+of H by about the outer lr, so without it one step moved every generated entry about 0.6 d times
+further than θ's own, all in the gradient's sign, and the start diverged within a few episodes
+(docs/RESULTS.md). H starts at 0, so G = 0 and the
 first step is MAML's. From φ₀ the task is adapted by MAML's T differentiable SGD steps (with its
 MAML++ options); the meta-gradient v = ∇_{φ₀} L_Q reaches θ as it is, and the generator as
 J_G(z)ᵀ v. With --first-order, v is the query gradient at φ_T (FOMAML's). A share of episodes
@@ -94,6 +97,7 @@ def embed(gen: dict, pooled: mx.array | None) -> mx.array:
 def generate(gen: dict, z: mx.array, theta: dict) -> dict:
     """φ₀ = θ + G(z), every tensor's delta from its kind's head."""
     h0 = z @ gen["w"]
+    readout = 1 / h0.shape[-1]
     by_kind: dict[str, list[str]] = {}
     for name in _in_order(theta):
         by_kind.setdefault(_kind(name)[1], []).append(name)
@@ -101,10 +105,10 @@ def generate(gen: dict, z: mx.array, theta: dict) -> dict:
     for kind, names in by_kind.items():
         h = h0 + mx.stack([gen["layer"][str(_kind(n)[0])] for n in names]) + gen["kind"][kind]
         if "rank" in gen:  # (layers, r, row length): B's rows as they are, A's as its columns
-            rows = mx.tanh(h[:, None, :] + gen["rank"][None]) @ gen["head"][kind]
+            rows = (mx.tanh(h[:, None, :] + gen["rank"][None]) @ gen["head"][kind]) * readout
             out.update({n: theta[n] + (rows[i] if n.endswith("lora_b") else rows[i].T) for i, n in enumerate(names)})
         else:
-            deltas = mx.tanh(h) @ gen["head"][kind]  # (layers of this kind, elements of one tensor)
+            deltas = (mx.tanh(h) @ gen["head"][kind]) * readout  # (layers of this kind, elements of one tensor)
             out.update({n: theta[n] + deltas[i].reshape(theta[n].shape) for i, n in enumerate(names)})
     return out
 
