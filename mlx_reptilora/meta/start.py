@@ -112,8 +112,6 @@ def read(folder: str | Path) -> Start:
     """The start in `folder`: any mlx-lm adapters (a point), or a kind registered here."""
     folder = Path(folder)
     kind = kind_of(folder)
-    if kind not in KINDS:  # the learners register their kinds: a caller from Python may not have imported them
-        from . import config  # noqa: F401
     if kind not in KINDS:
         raise UserError(f"{folder} is a start of kind {kind!r}, which no learner loaded here makes "
                         f"(known: {', '.join(sorted(KINDS))})")
