@@ -210,3 +210,9 @@ def test_imports_point_down_the_data_flow_and_never_in_a_circle():
 
     for node in graph:
         visit(node)
+
+
+def test_no_module_is_over_300_lines():
+    """Small modules, one idea each (issue #27): a module that outgrows this is split by idea."""
+    long = {name: n for name, path in _modules() if (n := len(path.read_text().splitlines())) > 300}
+    assert not long, f"modules over 300 lines: {long}"

@@ -290,12 +290,11 @@ def from_peft(path: str | Path, out_dir: str | Path) -> Path:
                             f"lora_{twin[-1].upper()}: a half adapter")
         if w.ndim != 2 or (w.shape[1] if name.endswith("a") else w.shape[0]) != r:
             raise UserError(f"{path}: {name} has shape {tuple(w.shape)}, not rank r = {r}")
-    n = len(layers)
-    if sorted(layers) != list(range(max(layers) - n + 1, max(layers) + 1)):
+    if sorted(layers) != list(range(min(layers), max(layers) + 1)):
         raise UserError(f"{path}: LoRA on layers {sorted(layers)}; mlx-lm needs the last N layers contiguous")
     cfg = LoraConfig(rank=r, alpha=scale_alpha, dropout=float(raw.get("lora_dropout", 0.0)),
-                     keys=sorted(keys), num_layers=n)
+                     keys=sorted(keys), num_layers=len(layers))
     base = raw.get("base_model_name_or_path")  # a hub id, or a folder (as export-peft and PEFT write it)
     is_hub_id = isinstance(base, str) and models.is_repo_id(base) and not Path(base).expanduser().exists()
-    return write(out_dir, weights, cfg, n, {"imported_from": str(path), "base_model": base,
-                                            "base_model_id": base if is_hub_id else None})
+    return write(out_dir, weights, cfg, len(layers),
+                 {"imported_from": str(path), "base_model": base, "base_model_id": base if is_hub_id else None})
