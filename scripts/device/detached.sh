@@ -4,6 +4,8 @@
 # that needs the whole lease starts detached, from its own copy of the working tree (later calls
 # bring their own tree and carried folders, which would replace the run's under it), with
 # OUT=/tmp/out; each later call waits on it and copies what it has packed so far into its $OUT.
+# The machine goes back 30 s after a call ends, and the detached run with it: send each wait as soon as
+# the last one returns, and read what came back afterwards.
 #   bash scripts/device/detached.sh start bash scripts/device/experiment_learners_gpu.sh pool 1500 --folds numpy
 #   bash scripts/device/detached.sh wait 570     # up to 570 s, or until the run ends; then its files
 set -uo pipefail
