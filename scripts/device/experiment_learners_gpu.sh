@@ -30,6 +30,13 @@ if ls .exp/starts.tar.part* > /dev/null 2>&1; then  # a former lease's starts, o
     || echo "the starts in .exp/ are incomplete (a part is missing or damaged): not used"
 fi
 left() { echo $((budget - (SECONDS - t0))); }
+# the logs and metrics so far, every LIVE_EVERY s while the stages run: a lease taken back mid-stage
+# keeps what the last wait copied (scripts/device/detached.sh)
+( while sleep ${LIVE_EVERY:-120}; do
+    tar czf $OUT/live.tmp -C $EXP --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null \
+      && mv $OUT/live.tmp $OUT/live.tar.gz
+  done ) &
+live=$!
 pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back): after each stage, so a cut lease keeps it
   # (written beside, then renamed: scripts/device/detached.sh copies $OUT while this runs)
   (cd $EXP && tar czf $OUT/results.tmp --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
@@ -58,6 +65,7 @@ if [[ $STAGES == *test* ]]; then  # tuning gets TUNE_SHARE % of what is left (a 
         --jobs ${JOBS:-10} --deadline $d --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
   done
 fi
+kill $live 2>/dev/null
 python3 scripts/experiment.py --plan $plan --out $EXP --stage report "$@" > $EXP/report.log 2>&1; tail -5 $EXP/report.log
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 pack
