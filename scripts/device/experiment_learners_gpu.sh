@@ -30,25 +30,25 @@ if ls .exp/starts.tar.part* > /dev/null 2>&1; then  # a former lease's starts, o
     || echo "the starts in .exp/ are incomplete (a part is missing or damaged): not used"
 fi
 left() { echo $((budget - (SECONDS - t0))); }
-# the logs and metrics so far, every LIVE_EVERY s while the stages run: a lease taken back mid-stage
-# keeps what the last wait copied (scripts/device/detached.sh)
-( while sleep ${LIVE_EVERY:-120}; do
-    tar czf $OUT/live.tmp -C $EXP --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null \
-      && mv $OUT/live.tmp $OUT/live.tar.gz
-  done ) &
-live=$!
-pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back): after each stage, so a cut lease keeps it
-  # (written beside, then renamed: scripts/device/detached.sh copies $OUT while this runs)
-  (cd $EXP && tar czf $OUT/results.tmp --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
-   mv $OUT/results.tmp $OUT/results.tar.gz
+pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back), under a lock (the live loop packs too)
+  # built beside, then moved in: scripts/device/detached.sh copies $OUT while this runs, and a copy
+  # caught between two moves has parts that starts.sha256 refuses
+  (flock 9
+   rm -rf /tmp/pack && mkdir -p /tmp/pack
+   cd $EXP && tar czf /tmp/pack/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
    preds=$(find test -name predictions -type d 2>/dev/null)
-   [ -n "$preds" ] && tar czf $OUT/predictions.tmp $preds && mv $OUT/predictions.tmp $OUT/predictions.tar.gz
-   # the starts (adapters, config, recipe, learned rates) in 15 MiB parts with their checksums: copy
-   # them and starts.sha256 into .exp/ here and carry .exp to a later lease to test them there
+   [ -n "$preds" ] && tar czf /tmp/pack/predictions.tar.gz $preds
+   # the finished starts (adapters, config, recipe, learned rates) in 15 MiB parts with their checksums:
+   # copy them and starts.sha256 into .exp/ here and carry .exp to a later lease to test them there
+   tar cf - --exclude=checkpoints --exclude='*.log' --exclude=metrics.jsonl meta 2>/dev/null | split -b 15M -d - /tmp/pack/starts.tar.part
+   (cd /tmp/pack && sha256sum starts.tar.part* > starts.sha256)
    rm -f $OUT/starts.tar.part*
-   tar cf - --exclude=checkpoints --exclude='*.log' --exclude=metrics.jsonl meta 2>/dev/null | split -b 15M -d - $OUT/starts.tar.part
-   cd $OUT && sha256sum starts.tar.part* > starts.sha256)
+   mv /tmp/pack/* $OUT/) 9> /tmp/pack.lock
 }
+# everything so far, every LIVE_EVERY s while the stages run: a lease taken back mid-stage keeps
+# what the last wait copied (the last lease lost a whole meta stage that way)
+( while sleep ${LIVE_EVERY:-120}; do pack; done ) &
+live=$!
 # What is left after setup: ~45% meta-training, the rest testing, finishing, report and packing. A
 # stage may run 2 x 60 s past its deadline (a checkpoint to write, then SIGTERM, then SIGKILL).
 meta=$(( $(left) * ${META_SHARE:-45} / 100 - 120 )); [ "$STAGES" = meta ] && meta=$(( $(left) - 200 ))
