@@ -46,7 +46,7 @@ pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back), under 
    mv /tmp/pack/* $OUT/) 9> /tmp/pack.lock
 }
 # everything so far, every LIVE_EVERY s while the stages run: a lease taken back mid-stage keeps
-# what the last wait copied (the last lease lost a whole meta stage that way)
+# what the last wait copied
 ( while sleep ${LIVE_EVERY:-120}; do pack; done ) &
 live=$!
 # What is left after setup: ~45% meta-training, the rest testing, finishing, report and packing. A
