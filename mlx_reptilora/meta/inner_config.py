@@ -37,6 +37,9 @@ class StepOptions:
                                         "gradients and the optimizer stay float32)", choices=activations.LORA_DTYPES)
     recompute_swiglu: bool = option(False, "recompute silu(gate) * up in the backward pass instead of keeping it "
                                            "(llama-family MLPs): less memory at about the same speed")
+    fused_lora: bool = option(False, "the LoRA branch with a hand-written backward that draws the dropout mask "
+                                     "again instead of keeping it and the dropped input: less memory, the same "
+                                     "arithmetic")
 
     def inner_config(self, steps: int, lr: float, optimizer: str, **over) -> InnerConfig:
         """The inner loop these options describe, taking steps, lr and optimizer from a recipe."""

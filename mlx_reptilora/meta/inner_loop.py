@@ -68,7 +68,7 @@ class InnerLoop:
             self.traces += 1  # runs only while tracing
             model.train()  # the traced graph includes dropout
             with graph.checkpointed_layers(model) if cfg.grad_checkpoint else nullcontext(), quantized.dense_matmuls(dense), \
-                    activations.keep_less(model, cfg.lora_dtype, cfg.recompute_swiglu):
+                    activations.keep_less(model, cfg.lora_dtype, cfg.recompute_swiglu, cfg.fused_lora):
                 return loss(model, *arrays)
 
         def eval_loss(*arrays):

@@ -1,4 +1,4 @@
-"""What a training step keeps for its backward pass: two choices, both off by default (their price
+"""What a training step keeps for its backward pass: three choices, all off by default (their price
 is in benchmarks/RESULTS.md, "GPU speed and memory").
 
 - The LoRA branch in the base's dtype (`lora_dtype="base"`). mlx-lm's LoRALinear multiplies the
@@ -8,8 +8,11 @@ is in benchmarks/RESULTS.md, "GPU speed and memory").
   their gradients and the optimizer's state stay float32. With a float32 base it changes nothing.
 - SwiGLU recomputed (`recompute_swiglu=True`): silu(gate) * up inside mx.checkpoint, so the backward
   keeps gate and up and recomputes the sigmoid and the product.
+- The LoRA branch fused (`fused_lora=True`): model/kernels.py's `lora_branch`, whose backward draws
+  the dropout mask again from a key instead of keeping it and the dropped input. It computes in the
+  dtype `lora_dtype` picks.
 
-Both act while a step is traced (the compiled graph keeps them); generation is untouched.
+All act while a step is traced (the compiled graph keeps them); generation is untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import UserError
+from . import kernels
 
 LORA_DTYPES = ("float32", "base")
 
@@ -31,6 +35,15 @@ def _lora_in_input_dtype(self, x: mx.array) -> mx.array:
     y = self.linear(x)
     z = (self.dropout(x) @ self.lora_a.astype(x.dtype)) @ self.lora_b.astype(x.dtype)
     return y + (self.scale * z).astype(x.dtype)
+
+
+def _fused_lora_call(lora_dtype: str):
+    def call(self, x: mx.array) -> mx.array:
+        p = 1 - self.dropout._p_1 if self.training else 0.0  # nn.Dropout keeps 1 - p
+        key = kernels.draw_key() if p else mx.zeros((2,), mx.uint32)
+        dtype = x.dtype if lora_dtype == "base" else mx.result_type(x, self.lora_a)
+        return self.linear(x) + kernels.lora_branch(x, self.lora_a, self.lora_b, key, self.scale, p, dtype)
+    return call
 
 
 # written out, not mlx-lm's compiled swiglu: the form benchmarks/RESULTS.md measured
@@ -53,14 +66,15 @@ def check(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool 
 
 
 @contextmanager
-def keep_less(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool = False):
+def keep_less(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool = False, fused_lora: bool = False):
     """While a step is traced, the chosen parts keep less for the backward (see the module's text)."""
     check(model, lora_dtype, recompute_swiglu)
     with ExitStack() as stack:
-        if lora_dtype == "base":
+        if lora_dtype == "base" or fused_lora:
             from mlx_lm.tuner.lora import LoRALinear  # here: mlx-lm takes ~2 s to import, the CLI's errors must not
 
-            stack.enter_context(patch.object(LoRALinear, "__call__", _lora_in_input_dtype))
+            call = _fused_lora_call(lora_dtype) if fused_lora else _lora_in_input_dtype
+            stack.enter_context(patch.object(LoRALinear, "__call__", call))
         if recompute_swiglu:
             module = _swiglu_module(model)
             stack.enter_context(patch.object(module, "swiglu", _recomputed_swiglu))
