@@ -12,7 +12,8 @@ Each is then scaled to the 7B step (x scale for the width, x 4 x 512 / --length 
 x 32 layers). Attention here is the CPU's (the scores are kept); on CUDA the fused backward keeps
 only its output and statistics. It answers issue #18's "where do the extra GB go": the MLX variants
 change one thing each (dropout off, bf16 adapters, SwiGLU recomputed, the LoRA branch in the base's
-dtype), the last two as meta-train's --recompute-swiglu and --lora-dtype base compute them.
+dtype, the LoRA branch fused), the last three as meta-train's --recompute-swiglu, --lora-dtype base
+and --fused-lora compute them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from benchmarks.runner import SHAPES
 
 VARIANTS = {"ours": {}, "no dropout": {"dropout": 0.0}, "bf16 adapters": {"bf16_adapters": True},
             "swiglu recompute": {"recompute_swiglu": True}, "lora in base dtype": {"lora_dtype": "base"},
-            "swiglu recompute + lora in base dtype": {"recompute_swiglu": True, "lora_dtype": "base"}}
+            "swiglu recompute + lora in base dtype": {"recompute_swiglu": True, "lora_dtype": "base"},
+            "fused lora": {"fused_lora": True}, "fused lora in base dtype": {"fused_lora": True, "lora_dtype": "base"},
+            "swiglu recompute + fused lora": {"recompute_swiglu": True, "fused_lora": True}}
 
 
 def geometry(scale: int, layers: int) -> dict:
@@ -41,7 +44,7 @@ def geometry(scale: int, layers: int) -> dict:
 
 
 def mlx_bytes(cfg: dict, length: int, dropout=0.1, bf16_adapters=False, lora_dtype="float32",
-              recompute_swiglu=False, repeats=5) -> int:
+              recompute_swiglu=False, fused_lora=False, repeats=5) -> int:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
@@ -62,7 +65,7 @@ def mlx_bytes(cfg: dict, length: int, dropout=0.1, bf16_adapters=False, lora_dty
     tokens = mx.array(np.random.default_rng(0).integers(3, 1000, (1, length)).astype(np.int32))
     arrays = (tokens, mx.arange(length - n, length), mx.ones(n, dtype=mx.int32), mx.ones(n))
     grad = nn.value_and_grad(model, lambda m: summed_loss(m, *arrays))
-    with activations.keep_less(model, lora_dtype, recompute_swiglu):
+    with activations.keep_less(model, lora_dtype, recompute_swiglu, fused_lora):
         mx.eval(grad(model))  # warm-up
         # The CPU backend runs ops on its own thread; under load the caller runs ahead and more buffers are live
         # at once. A memory limit makes it wait for the queue after each op, and the least of a few runs is the

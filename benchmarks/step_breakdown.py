@@ -14,6 +14,8 @@ Variants, each in the same process on the same random batch, after warm-up:
                      queued kernels still hold; past the limit, evaluation waits for them to finish
   swiglu recompute   --recompute-swiglu: silu(gate) * up inside mx.checkpoint, only gate and up kept
   lora in base dtype --lora-dtype base: the LoRA branch in bf16 (as PyTorch's autocast), fp32 adapters
+  fused lora         --fused-lora: the LoRA branch's backward draws the dropout mask again from a key
+                     (model/kernels.py) instead of keeping it and the dropped input
   4bit, 4bit dense   a 4-bit base through the quantized matmul kernel / weights dequantized just in
                      time (--quantized-matmul dense); "limited": with the memory limit too
 --torch adds PyTorch + PEFT's step on the same batch (the runner's child process), so every
@@ -56,7 +58,7 @@ def measure(name: str, shape: str, args, **opts) -> dict:
 
 
 def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, checkpoint=False, grad_only=False,
-             stock=False, precision="float", lora_dtype="float32", recompute_swiglu=False) -> dict:
+             stock=False, precision="float", lora_dtype="float32", recompute_swiglu=False, fused_lora=False) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
@@ -92,7 +94,7 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
     else:
         inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint,
                                              quantized_matmul=quantized_matmul(precision), lora_dtype=lora_dtype,
-                                             recompute_swiglu=recompute_swiglu),
+                                             recompute_swiglu=recompute_swiglu, fused_lora=fused_lora),
                           [args.length])
         batches = inner.batches(rows)
         if grad_only:
@@ -126,6 +128,9 @@ VARIANTS = {
     "lora in base dtype": {"lora_dtype": "base"},
     "memory limit + swiglu recompute + lora in base dtype": {"memory_limit": True, "recompute_swiglu": True,
                                                              "lora_dtype": "base"},
+    "fused lora": {"fused_lora": True},
+    "swiglu recompute + fused lora": {"recompute_swiglu": True, "fused_lora": True},
+    "memory limit + swiglu recompute + fused lora": {"memory_limit": True, "recompute_swiglu": True, "fused_lora": True},
     "4bit": {"precision": "4bit"},
     "4bit dense": {"precision": "4bit-dense"},
     "4bit dense limited": {"precision": "4bit-dense", "memory_limit": True},

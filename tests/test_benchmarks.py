@@ -36,9 +36,9 @@ def test_quick_mode_writes_every_measurement(tmp_path):
 def test_step_breakdown_measures_every_variant(tmp_path):
     from benchmarks.step_breakdown import VARIANTS
 
-    # every option of a variant, in fewer variants than the 14 a GPU run measures
+    # every option of a variant, in fewer variants than a GPU run measures
     chosen = ["grad only", "no dropout", "bf16 adapters", "grad checkpoint", "mlx-lm stock",
-              "memory limit + swiglu recompute + lora in base dtype", "4bit", "4bit dense limited"]
+              "memory limit + swiglu recompute + lora in base dtype", "fused lora", "4bit", "4bit dense limited"]
     assert {k for v in chosen for k in VARIANTS[v]} == {k for v in VARIANTS.values() for k in v}
     r = subprocess.run([sys.executable, "-m", "benchmarks.step_breakdown", "--shape", "tiny", "--batch", "2",
                         "--length", "32", "--repeats", "1", "--variants", ",".join(chosen), "--out", str(tmp_path)],
@@ -56,7 +56,8 @@ def test_saved_activations_counts_mlx_and_pytorch(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     per_layer = json.loads((tmp_path / "saved_activations.json").read_text())["bytes_per_layer"]
     assert list(per_layer) == ["MLX: ours", "MLX: no dropout", "MLX: bf16 adapters", "MLX: swiglu recompute",
-                               "MLX: lora in base dtype", "MLX: swiglu recompute + lora in base dtype", "PyTorch + PEFT"]
+                               "MLX: lora in base dtype", "MLX: swiglu recompute + lora in base dtype", "MLX: fused lora",
+                               "MLX: fused lora in base dtype", "MLX: swiglu recompute + fused lora", "PyTorch + PEFT"]
     assert all(v > 0 for v in per_layer.values())
     # dropout keeps masks and copies; at 32x narrower and 64 tokens that was within the CPU peak's noise (CI saw
     # +28 bytes), at 16x and 256 tokens it is ~230 KB against ~1 KB of noise
@@ -65,6 +66,9 @@ def test_saved_activations_counts_mlx_and_pytorch(tmp_path):
     both = per_layer["MLX: swiglu recompute + lora in base dtype"]
     assert both < per_layer["MLX: swiglu recompute"] < per_layer["MLX: ours"]
     assert both < per_layer["MLX: lora in base dtype"] < per_layer["MLX: ours"]
+    # --fused-lora keeps neither the masks nor the dropped input: less than either choice above
+    assert per_layer["MLX: fused lora"] < per_layer["MLX: lora in base dtype"]
+    assert per_layer["MLX: swiglu recompute + fused lora"] < both
 
 
 def test_distributed_benchmark_on_a_random_weights_geometry(tmp_path):
