@@ -72,12 +72,13 @@ def _step(model, exs, **cfg):
     return out
 
 
-def test_meta_training_through_the_fused_branch_takes_the_references_steps(inner_setup, monkeypatch):
+@pytest.mark.parametrize("cfg", [{}, {"grad_checkpoint": True}], ids=["plain", "layers recomputed"])
+def test_meta_training_through_the_fused_branch_takes_the_references_steps(inner_setup, monkeypatch, cfg):
     """The inner loop's gradients, Hessian-vector products and steps, with dropout on."""
     model, exs = inner_setup
-    got = _step(model, exs, fused_lora=True)
+    got = _step(model, exs, fused_lora=True, **cfg)
     monkeypatch.setattr(kernels, "lora_branch", kernels.lora_branch_reference)
-    want = _step(model, exs, fused_lora=True)
+    want = _step(model, exs, fused_lora=True, **cfg)
     for g, w in zip(got, want):
         assert_close(g, w, rel=1e-5)
 
