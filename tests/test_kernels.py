@@ -95,3 +95,19 @@ def test_without_dropout_the_fused_branch_is_mlx_lms_lora(inner_setup):
         for m in model.modules():
             if hasattr(m, "lora_a"):
                 m.dropout._p_1 = 0.9
+
+
+def test_a_run_through_the_fused_branch_resumes_bit_identically(tiny_dir, tmp_path):
+    """The keys come from the global generator, which the checkpoint carries: 2 + 2 episodes are 4."""
+    from tests.test_meta_train import small_cfg
+    from mlx_reptilora.meta import train as meta_train
+
+    common = dict(dropout=0.1, fused_lora=True, learner="maml", inner_steps=2, support=2, query=2)  # HVPs too
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "straight", episodes=4, **common))
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "split", episodes=2, **common))
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "split", episodes=4, resume=True, **common))
+    a, b = adapters.read_weights(tmp_path / "straight"), adapters.read_weights(tmp_path / "split")
+    assert set(a) == set(b) and all(mx.array_equal(a[k], b[k]).item() for k in a)
+    meta_train.run(small_cfg(tiny_dir, tmp_path / "unfused", episodes=4, **{**common, "fused_lora": False}))
+    c = adapters.read_weights(tmp_path / "unfused")
+    assert not all(mx.array_equal(a[k], c[k]).item() for k in a)  # the fused branch did run (its own masks)
