@@ -64,6 +64,7 @@ def test_hyper_meta_trains_resumes_and_adapts_to_a_plain_adapter(tiny_dir, tmp_p
     assert {r["zero_shot"][0] for r in records} <= {0, 1} and len(records) == 4
     start = starts.read(straight)
     assert isinstance(start, hyper.HyperStart) and float(mx.abs(start.arrays["gen"]["head"]["self_attn.q_proj.lora_a"]).sum()) > 0
+    assert start.arrays["gen"]["center"].shape == start.arrays["gen"]["null"].shape  # measured on the two tasks
 
     adapted = run_cli("adapt", *model, "--adapters", straight, "--task", "pydoc", "--shots", "2", "--out",
                       tmp_path / "adapted")
@@ -144,3 +145,32 @@ def test_one_outer_step_moves_the_generated_start_no_further_than_theta(tiny):
         z = hyper.embed(new["gen"], inner.pooled(ep.support))
         moved = max(float(mx.abs(x - new["theta"][k]).max()) for k, x in hyper.generate(new["gen"], z, new["theta"]).items())
         assert 0 < moved <= 1.01e-3, (generator, moved)
+
+
+def test_z_is_centered_by_the_training_tasks_mean_which_no_step_moves(tiny):
+    """The center is the training tasks' mean embedding, measured once at init; z is each task's
+    embedding from it, and the outer Adam leaves it exactly where it was (its gradient is 0)."""
+    from mlx_reptilora.data import episodes, tasks
+
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    ep = episode_of(tiny.tokenizer)
+    theta = nudged(tiny.model)
+    pool = [episodes.prepare(tasks.load(t), tiny.tokenizer, None, 64, ("train",)) for t in ("pydoc", "aclsum-title")]
+    maml, inner = learner_and_loop(tiny.model, "maml", inner_steps=2, inner_lr=0.05)
+    hyp, _ = learner_and_loop(tiny.model, "hyper", inner_steps=2, inner_lr=0.05, hyper_null=0.0, support=3)
+    params = hyp.init(theta, inner, pool)
+    rms = lambda z: z / mx.sqrt((z * z).mean() + 1e-6)  # noqa: E731
+    want = mx.stack([rms(inner.pooled(t.splits["train"][:3]).mean(0)) for t in pool]).mean(0)
+    assert mx.allclose(params["gen"]["center"], want, atol=1e-6).item()
+    pooled = inner.pooled(ep.support)
+    assert mx.allclose(hyper.embed(params["gen"], pooled), rms(rms(pooled.mean(0)) - want), atol=1e-5).item()
+    assert "center" not in learner_and_loop(tiny.model, "hyper", hyper_center=False)[0].init(theta, inner, pool)["gen"]
+    mx.random.seed(5)
+    reference = maml.task({"theta": theta}, ep, inner, np.random.default_rng(0), 0).contribution
+    mx.random.seed(5)
+    got = hyp.task(params, ep, inner, np.random.default_rng(0), 0).contribution
+    assert_close(got["theta"], reference["theta"], rel=1e-6)  # G = 0: still MAML's step
+    assert float(mx.abs(got["gen"]["center"]).max()) == 0
+    stepped = hyp.update(params, got, 0)
+    assert mx.array_equal(stepped["gen"]["center"], params["gen"]["center"]).item()
+    assert not mx.array_equal(stepped["gen"]["head"]["self_attn.q_proj.lora_a"], params["gen"]["head"]["self_attn.q_proj.lora_a"]).item()

@@ -42,7 +42,7 @@ class ShotConditionedLearner(GradientLearner):
 
     name, label = "test-generator", "Generator start"
 
-    def init(self, theta: dict, inner=None) -> dict:
+    def init(self, theta: dict, inner=None, tasks=None) -> dict:
         hidden = inner.model.args.hidden_size
         key = mx.random.key(self.cfg.seed)  # its own key: the run's RNG stream is left as it was
         return {"theta": theta, "w": 0.01 * mx.random.normal((hidden,), key=key), "b": mx.array(0.0),

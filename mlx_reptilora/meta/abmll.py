@@ -172,7 +172,7 @@ class ABMLL(GradientLearner):
     def gamma(self) -> float:
         return self.cfg.abmll_beta if self.cfg.abmll_gamma is None else self.cfg.abmll_gamma
 
-    def init(self, theta: dict, inner=None) -> dict:
+    def init(self, theta: dict, inner=None, tasks=None) -> dict:
         return {"theta": theta, "rho": {k: mx.full(v.shape, math.log(self.cfg.abmll_sigma)) for k, v in theta.items()}}
 
     def settings(self) -> dict:

@@ -2,7 +2,10 @@
 conditioned on examples as Drag-and-Drop and MetaLoRA are, refined by gradient steps).
 
 The task embedding z is the frozen base's own hidden states of the support examples, averaged over
-tokens and shots (InnerLoop.pooled), RMS-normalised; with no shots it is a learned null embedding.
+tokens and shots (InnerLoop.pooled), RMS-normalised, then centered by the training tasks' mean
+embedding (fixed at init) and RMS-normalised again: pooled hidden states share one large direction
+whatever the task, so without the centering the generator reads mostly what every task has in
+common (docs/RESULTS.md measures it); with no shots z is a learned null embedding.
 A generator adds to every LoRA tensor of a meta-learned point θ:
 
     φ₀ = θ + G(z),   G(z)_{l,m} = H_m tanh(W z + e_l + e_m) / d,
@@ -45,6 +48,8 @@ class HyperOptions:
                                   choices=("kind", "rank"))
     hyper_inputs_only: bool = option(False, "hyper: embed the shots' inputs only (their prompts without the "
                                             "answers), as Drag-and-Drop conditions on unlabeled prompts")
+    hyper_center: bool = option(True, "hyper: subtract the training tasks' mean embedding from z, so the "
+                                      "generator reads what differs between tasks")
     hyper_null: float = option(0.1, "hyper: share of tasks meta-trained at 0 shots (the null embedding, no "
                                     "inner steps), so a start for no shots is learned too", min=0, max=1)
 
@@ -88,10 +93,25 @@ def init(theta: dict, hidden_size: int, width: int, key: mx.array, per_rank: boo
     return gen
 
 
+def _rms(z: mx.array) -> mx.array:
+    return z * mx.rsqrt((z * z).mean(-1, keepdims=True) + 1e-6)
+
+
 def embed(gen: dict, pooled: mx.array | None) -> mx.array:
-    """z: the shots' mean pooled hidden state (or the null embedding), RMS-normalised."""
-    z = gen["null"] if pooled is None else pooled.mean(0)
-    return z * mx.rsqrt((z * z).mean() + 1e-6)
+    """z: the shots' mean pooled hidden state, RMS-normalised and, when the generator has a center,
+    centered by it and normalised again; or the null embedding, RMS-normalised."""
+    if pooled is None:
+        return _rms(gen["null"])
+    z = _rms(pooled.mean(0))
+    return _rms(z - mx.stop_gradient(gen["center"])) if "center" in gen else z
+
+
+def center(inner, tasks, shots: int, inputs_only: bool = False) -> mx.array:
+    """The training tasks' mean z (RMS-normalised, uncentered), each from its first `shots` training
+    examples: the point the generator's input is measured from. Fixed: a zero gradient leaves it
+    exactly where it is under Adam."""
+    zs = [_rms(inner.pooled(t.splits["train"][:shots], inputs_only).mean(0)) for t in tasks]
+    return mx.stack(zs).mean(0)
 
 
 def generate(gen: dict, z: mx.array, theta: dict) -> dict:
@@ -146,10 +166,12 @@ class Hyper(MAML):
     def label_of(cls, described: dict) -> str:
         return "Hyper start (MAML++)" if described.get("lslr") else cls.label
 
-    def init(self, theta: dict, inner=None) -> dict:
+    def init(self, theta: dict, inner=None, tasks=None) -> dict:
         hidden = inner.model.args.hidden_size  # the width of the base's last hidden state (mlx-lm's args)
         gen = init(theta, hidden, self.cfg.hyper_hidden, mx.random.key(self.cfg.seed), self.cfg.hyper_generator == "rank")
-        return {**super().init(theta, inner), "gen": gen}
+        if self.cfg.hyper_center and tasks:
+            gen["center"] = center(inner, tasks, self.cfg.support or 1, self.cfg.hyper_inputs_only)
+        return {**super().init(theta, inner, tasks), "gen": gen}
 
     def start(self, params: dict, lora) -> starts.Start:
         return HyperStart(lora, {"theta": params["theta"], "gen": params["gen"]}, self.cfg.hyper_inputs_only)
@@ -180,4 +202,5 @@ class Hyper(MAML):
 
     def describe(self) -> dict:
         return {**super().describe(), "hyper_hidden": self.cfg.hyper_hidden, "hyper_generator": self.cfg.hyper_generator,
-                "hyper_inputs_only": self.cfg.hyper_inputs_only, "hyper_null": self.cfg.hyper_null}
+                "hyper_inputs_only": self.cfg.hyper_inputs_only, "hyper_null": self.cfg.hyper_null,
+                "hyper_center": self.cfg.hyper_center}

@@ -4,7 +4,7 @@ A learner owns its meta-parameters, a nested tree of arrays ({"theta": θ} for a
 "rates" beside θ for learned inner rates): it makes them from the standard start's adapters
 (`init`), steps them over a meta-batch of episodes, and says what start they are (`start`):
 
-    params = learner.init(theta0, inner)
+    params = learner.init(theta0, inner, tasks)
     result = learner.step(params, episodes, inner, t)    # result.params: the new meta-parameters
     start = learner.start(result.params, lora)
 
@@ -78,9 +78,10 @@ class Learner:
         return cls.label
 
     # -- the meta-parameters and the start they are ------------------------------------------------
-    def init(self, theta: dict, inner: InnerLoop | None = None) -> dict:
+    def init(self, theta: dict, inner: InnerLoop | None = None, tasks: list | None = None) -> dict:
         """The meta-parameters at the standard start's adapters θ (`inner`: the loop over the model,
-        for learners that size their own parameters by it)."""
+        for learners that size their own parameters by it; `tasks`: the tokenized training tasks, for
+        learners that measure them first)."""
         return {"theta": theta}
 
     def start(self, params: dict, lora: adapters.LoraConfig) -> Start:

@@ -73,7 +73,7 @@ class MAML(GradientLearner):
         return "MAML++ start" if described.get("lslr") else cls.label
 
     # -- the inner learning rates: fixed, or learned beside θ ------------------------------------
-    def init(self, theta: dict, inner=None) -> dict:
+    def init(self, theta: dict, inner=None, tasks=None) -> dict:
         if not self.cfg.lslr:
             return {"theta": theta}
         return {"theta": theta, "rates": {k: mx.full((self.cfg.inner_steps,), self.cfg.inner_lr) for k in theta}}

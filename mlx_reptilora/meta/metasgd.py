@@ -31,7 +31,7 @@ class MetaSGD(MAML):
     def label_of(cls, described: dict) -> str:
         return cls.label
 
-    def init(self, theta: dict, inner=None) -> dict:
+    def init(self, theta: dict, inner=None, tasks=None) -> dict:
         return {"theta": theta, "rates": {k: mx.full(v.shape, self.cfg.inner_lr) for k, v in theta.items()}}
 
     def rate(self, t: int, learned: dict):

@@ -60,7 +60,7 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, build=
         progress.log(f"{world.size} processes, {cfg.meta_batch // world.size} of the {cfg.meta_batch} tasks of "
                      f"each episode on each")
     check = build(s) if build and world.main else None  # validation runs on rank 0
-    params, start, nonfinite = s.learner.init(s.inner.weights(), s.inner), 0, 0
+    params, start, nonfinite = s.learner.init(s.inner.weights(), s.inner, s.prepared), 0, 0
     last = restore(checkpoint.latest(ckpt_dir) if world.main else None, s, world) if resuming else None
     if last is not None:
         start, params, nonfinite = last
