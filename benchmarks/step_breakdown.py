@@ -18,6 +18,7 @@ Variants, each in the same process on the same random batch, after warm-up:
                      (model/kernels.py) instead of keeping it and the dropped input
   4bit, 4bit dense   a 4-bit base through the quantized matmul kernel / weights dequantized just in
                      time (--quantized-matmul dense); "limited": with the memory limit too
+--profile N records each variant's GPU kernels over N steps (benchmarks/kernel_profile.py).
 --torch adds PyTorch + PEFT's step on the same batch (the runner's child process), so every
 variant is compared with it in one run. It answers issue #7's "why": how far the step is from the matmul peak and PyTorch's memory, and what
 each piece costs. Writes breakdown.json and breakdown.md.
@@ -111,8 +112,13 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
     first = time.perf_counter() - t
     s, peak = with_peak_memory(lambda: median_time(step, args.repeats))
     tokens = args.batch * args.length
-    return {"variant": name, "step_s": s, "tok_s": tokens / s, "peak_gb": peak, "first_step_s": first,
-            "utilisation": tokens * flops_per_token(cfg) / s / args.peak_flops}
+    row = {"variant": name, "step_s": s, "tok_s": tokens / s, "peak_gb": peak, "first_step_s": first,
+           "utilisation": tokens * flops_per_token(cfg) / s / args.peak_flops}
+    if args.profile:
+        from benchmarks import kernel_profile
+
+        row["kernels"] = kernel_profile.profile(step, args.profile)[:80]
+    return row
 
 
 VARIANTS = {
@@ -163,8 +169,15 @@ def main(argv=None):
                     help="the memory limit variants' mx.set_memory_limit (24: below PyTorch + PEFT's 25.1 GB peak)")
     ap.add_argument("--model", help="the bundled model's GGUF (for its tokenizer, and the smollm2 shape)")
     ap.add_argument("--torch", action="store_true", help="add PyTorch + PEFT's step on the same batch (bf16 autocast)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also record each variant's GPU kernels over this many steps (CUPTI through PyTorch's "
+                         "profiler; NVIDIA only): profile.md, and the 80 longest in breakdown.json")
     ap.add_argument("--out", default="benchmarks/out/breakdown")
     args = ap.parse_args(argv)
+    if args.profile:
+        from benchmarks import kernel_profile
+
+        kernel_profile.check()
 
     import mlx_reptilora  # noqa: F401 -- BLAS before mlx.core
     from mlx_reptilora.model import backend
@@ -174,6 +187,7 @@ def main(argv=None):
     args.peak_flops = peak["tflops"] * 1e12
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.md").unlink(missing_ok=True)  # this run's tables only
     res = {"device": device_name(backend.backend_name()), "date": time.strftime("%Y-%m-%d"), "shape": args.shape,
            "batch": args.batch, "length": args.length, "repeats": args.repeats, "peak_tflops": peak["tflops"],
            "memory_limit_gb": args.memory_limit_gb,
@@ -188,7 +202,12 @@ def main(argv=None):
             row = {"variant": name, "failed": one_line(e)}
         release_mlx()
         res["rows"].append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
+        if "kernels" in row:
+            from benchmarks import kernel_profile
+
+            with open(out / "profile.md", "a") as f:
+                f.write(kernel_profile.markdown(name, row["kernels"], row["step_s"]) + "\n")
         (out / "breakdown.json").write_text(json.dumps(res, indent=2))
         (out / "breakdown.md").write_text(markdown(res))
     if args.torch:

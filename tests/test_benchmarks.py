@@ -50,6 +50,27 @@ def test_step_breakdown_measures_every_variant(tmp_path):
     assert "| mlx-lm stock |" in (tmp_path / "breakdown.md").read_text()
 
 
+def test_the_kernel_profile_groups_launches_by_family_and_needs_a_gpu(tmp_path):
+    from benchmarks import kernel_profile, step_breakdown
+
+    spans = {"nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_TNT": [2.0, 2.0, 2.0, 2.0],
+             "cudnn_generated_fort_native_sdpa_sm90_flash_fprop": [1.0, 1.0],
+             "rms_norm_vjp_kernel<__nv_bfloat16>": [0.5, 0.5],
+             "fused_Multiply_Sigmoid_Add_bfloat16": [1.0, 1.0, 1.0, 1.0],
+             "some_kernel_nobody_named": [0.25, 0.25]}
+    rows = kernel_profile.summarise(spans, steps=2)
+    assert [r["family"] for r in rows] == ["matmul", "elementwise", "attention", "norm / softmax / reduction", "other"]
+    assert rows[0]["calls"] == 2 and rows[0]["ms"] == 4.0
+    assert kernel_profile.families(rows) == {"matmul": 4.0, "elementwise": 2.0, "attention": 1.0,
+                                             "norm / softmax / reduction": 0.5, "other": 0.25}
+    table = kernel_profile.markdown("ours", rows, step_s=0.01)
+    assert "GPU busy 7.8 ms of a 10.0 ms step (78%)" in table and "| matmul | 4.00 | 51.6% |" in table
+    # where no CUDA build of PyTorch is (this CPU), one line before any work
+    with pytest.raises(SystemExit, match="--profile needs an NVIDIA GPU|--profile reads CUPTI"):
+        step_breakdown.main(["--shape", "tiny", "--variants", "ours", "--profile", "2", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
 def test_saved_activations_counts_mlx_and_pytorch(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.saved_activations", "--scale", "16", "--length", "256",
                         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
