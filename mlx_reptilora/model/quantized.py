@@ -27,15 +27,18 @@ def is_dense(mode: str) -> bool:
 
 
 def _dense_product(layer, x: mx.array) -> mx.array:
-    """x @ W.T through W dequantized; the quantized arrays are closed over (frozen: no gradient is
-    asked of them), so the checkpoint keeps only x."""
+    """x @ W.T through W dequantized, in a checkpoint that keeps only its inputs. The quantized
+    arrays are inputs too (their gradient stopped): closed over, the dequantization depended on
+    nothing the backward waits for, so a compiled step merged it with its recompute and kept every
+    layer's dense weight alive."""
     weight, scales, biases = layer["weight"], layer["scales"], layer.get("biases")
 
-    def product(x):
-        w = mx.dequantize(weight, scales, biases, group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+    def product(x, *quantized):
+        w = mx.dequantize(*map(mx.stop_gradient, quantized), group_size=layer.group_size, bits=layer.bits,
+                          mode=layer.mode)
         return x @ w.astype(x.dtype).T
 
-    return mx.checkpoint(product)(x)
+    return mx.checkpoint(product)(x, weight, scales, *([] if biases is None else [biases]))
 
 
 def _dense_call(self: nn.QuantizedLinear, x: mx.array) -> mx.array:
