@@ -14,8 +14,11 @@ import re
 FAMILIES = [
     ("matmul", r"gemm|cutlass|nvjet|sm\d\d_xmma|cublas|matmul"),
     ("attention", r"flash|fmha|sdpa|attention|cudnn"),
-    ("norm / softmax / reduction", r"rms|norm|softmax|reduce|logsumexp|all_reduce|row_reduce|col_reduce"),
+    ("norm / softmax / reduction", r"rms|norm|softmax|reduce|logsumexp|cross_entropy"),
+    ("dequantize", r"dequantize"),
     ("rope", r"rope"),
+    # mx.compile's fused kernels: their names spell the ops they fuse (...IMultiplyB...IAsType..._<hash>)
+    ("fused elementwise (mx.compile)", r"mlx::core::cu::\w*(?:v2|f4|b1)i\w*_\d{8,}"),
     ("copy / cast / gather", r"copy|gather|scatter|astype|concatenate|slice|memcpy|memset"),
     ("random", r"random|bernoulli|threefry|rbits"),
     ("elementwise", r"binary|unary|ternary|compiled|fused|arange|where|select"),

@@ -58,6 +58,10 @@ def test_the_kernel_profile_groups_launches_by_family_and_needs_a_gpu(tmp_path):
              "rms_norm_vjp_kernel<__nv_bfloat16>": [0.5, 0.5],
              "fused_Multiply_Sigmoid_Add_bfloat16": [1.0, 1.0, 1.0, 1.0],
              "some_kernel_nobody_named": [0.25, 0.25]}
+    assert kernel_profile.family("void mlx::core::cu::Cf4IAsTypeADf4IBroadcastBEb1ILessCDFV2OAsTypeE_VS_u4f4_"
+                                 "6142509188972423790_contiguous<unsigned int, 8>(unsigned int const*)") \
+        == "fused elementwise (mx.compile)"
+    assert kernel_profile.family("void mlx::core::cu::affine_dequantize<__nv_bfloat16, 64, 4>(") == "dequantize"
     rows = kernel_profile.summarise(spans, steps=2)
     assert [r["family"] for r in rows] == ["matmul", "elementwise", "attention", "norm / softmax / reduction", "other"]
     assert rows[0]["calls"] == 2 and rows[0]["ms"] == 4.0
