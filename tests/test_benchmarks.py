@@ -38,7 +38,8 @@ def test_step_breakdown_measures_every_variant(tmp_path):
 
     # every option of a variant, in fewer variants than a GPU run measures
     chosen = ["grad only", "no dropout", "bf16 adapters", "grad checkpoint", "mlx-lm stock",
-              "memory limit + swiglu recompute + lora in base dtype", "fused lora", "4bit", "4bit dense limited"]
+              "memory limit + swiglu recompute + lora in base dtype", "fused lora", "4bit", "4bit dense limited",
+              "memory limit at need + swiglu recompute + lora in base dtype"]
     assert {k for v in chosen for k in VARIANTS[v]} == {k for v in VARIANTS.values() for k in v}
     r = subprocess.run([sys.executable, "-m", "benchmarks.step_breakdown", "--shape", "tiny", "--batch", "2",
                         "--length", "32", "--repeats", "1", "--variants", ",".join(chosen), "--out", str(tmp_path)],
@@ -48,6 +49,7 @@ def test_step_breakdown_measures_every_variant(tmp_path):
     assert [row["variant"] for row in res["rows"]] == chosen
     assert all(row["tok_s"] > 0 and "failed" not in row for row in res["rows"])
     assert "| mlx-lm stock |" in (tmp_path / "breakdown.md").read_text()
+    assert res["rows"][-1]["need_gb"] > 0
 
 
 def test_the_kernel_profile_groups_launches_by_family_and_needs_a_gpu(tmp_path):
