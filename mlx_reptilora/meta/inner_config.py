@@ -38,8 +38,9 @@ class StepOptions:
     recompute_swiglu: bool = option(False, "recompute silu(gate) * up in the backward pass instead of keeping it "
                                            "(llama-family MLPs): less memory at about the same speed")
     fused_lora: bool = option(False, "the LoRA branch with a hand-written backward that draws the dropout mask "
-                                     "again instead of keeping it and the dropped input: less memory (its masks "
-                                     "come from keys of its own, so a run differs from one without it)")
+                                     "again instead of keeping it and the dropped input: keeps less for the backward, "
+                                     "though on CUDA the peak does not fall (its masks come from keys of its own, so "
+                                     "a run differs from one without it)")
 
     def inner_config(self, steps: int, lr: float, optimizer: str, **over) -> InnerConfig:
         """The inner loop these options describe, taking steps, lr and optimizer from a recipe."""
