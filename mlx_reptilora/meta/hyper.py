@@ -110,8 +110,7 @@ def center(inner, tasks, shots: int, inputs_only: bool = False) -> mx.array:
     """The training tasks' mean z (RMS-normalised, uncentered), each from its first `shots` training
     examples: the point the generator's input is measured from. Fixed: a zero gradient leaves it
     exactly where it is under Adam."""
-    zs = [_rms(inner.pooled(t.splits["train"][:shots], inputs_only).mean(0)) for t in tasks]
-    return mx.stack(zs).mean(0)
+    return mx.stack([embed({}, inner.pooled(t.splits["train"][:shots], inputs_only)) for t in tasks]).mean(0)
 
 
 def generate(gen: dict, z: mx.array, theta: dict) -> dict:

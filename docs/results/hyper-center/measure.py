@@ -58,7 +58,7 @@ def main():
     for name in POOL_61:
         train = episodes.prepare(tasks.load(name), base.tokenizer, None, LENGTH, ("train",)).splits["train"]
         draws = [rng.choice(len(train), SHOTS, replace=False) for _ in range(DRAWS)]
-        z.append([np.array(hyper._rms(inner.pooled([train[i] for i in d]).mean(0))) for d in draws])
+        z.append([np.array(hyper.embed({}, inner.pooled([train[i] for i in d]))) for d in draws])  # uncentered
         print(name, flush=True)
     z = np.array(z)
     centered = z - z.mean((0, 1))
