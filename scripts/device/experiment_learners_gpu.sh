@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after ../shared/device/stage.py's chunks are unstaged and with .whl carried
-# (aclsum, rouge-score, nltk, typer, pydantic and their pure-Python dependencies) and, for the pool's
+# (aclsum, rouge-score, nltk, typer, pydantic and their pure-Python dependencies, plus pydantic-core's
+# wheel for the machine's Python: pip download --only-binary=:all: --python-version 3.12
+# --platform manylinux2014_x86_64 pydantic-core) and, for the pool's
 # Debian corpora, .taskcache (a copy of ~/.cache/mlx-reptilora/tasks made where they are installed):
 # scripts/experiment.py for one plan within $2 seconds of lent time, every stage time-boxed, and what
 # exists packed into $OUT.
