@@ -13,7 +13,7 @@ Variants, each in the same process on the same random batch, after warm-up:
   memory limit       mx.set_memory_limit(--memory-limit-gb): on CUDA the peak counts buffers that
                      queued kernels still hold; past the limit, evaluation waits for them to finish
   ... at need        the limit derived from the step: its first step runs under a limit at the memory
-                     already held, and its peak (need_gb) is the limit of the steps after it
+                     already held, and its peak (need_gb), times the headroom xH, limits the steps after it
   swiglu recompute   --recompute-swiglu: silu(gate) * up inside mx.checkpoint, only gate and up kept
   lora in base dtype --lora-dtype base: the LoRA branch in bf16 (as PyTorch's autocast), fp32 adapters
   fused lora         --fused-lora: the LoRA branch's backward draws the dropout mask again from a key
@@ -57,17 +57,18 @@ def memory_limit(gb: float | None):
 
 def measure(name: str, shape: str, args, **opts) -> dict:
     limit = opts.pop("memory_limit", False)
+    headroom = opts.pop("headroom", 1.0)
     # "need": the limit a default could derive, the first step's peak under a limit at what is held
     # (set in _measure; the context puts the current limit back after)
     import mlx.core as mx
 
     with memory_limit(mx.get_memory_limit() / 1e9 if limit == "need" else args.memory_limit_gb if limit else None):
-        return _measure(name, shape, args, at_need=limit == "need", **opts)
+        return _measure(name, shape, args, at_need=headroom if limit == "need" else 0.0, **opts)
 
 
 def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, checkpoint=False, grad_only=False,
              stock=False, precision="float", lora_dtype="float32", recompute_swiglu=False, fused_lora=False,
-             at_need=False) -> dict:
+             at_need=0.0) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
@@ -123,7 +124,7 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
     first = time.perf_counter() - t
     need = mx.get_peak_memory() / 1e9 if at_need else None
     if at_need:
-        mx.set_memory_limit(int(need * 1e9))
+        mx.set_memory_limit(int(need * at_need * 1e9))
     s, peak = with_peak_memory(lambda: median_time(step, args.repeats))
     tokens = args.batch * args.length
     row = {"variant": name, "step_s": s, "tok_s": tokens / s, "peak_gb": peak, "first_step_s": first,
@@ -159,6 +160,9 @@ VARIANTS = {
                                                                      "lora_dtype": "base"},
     "4bit dense at need + swiglu recompute + lora in base dtype": {"precision": "4bit-dense", "memory_limit": "need",
                                                                    "recompute_swiglu": True, "lora_dtype": "base"},
+    **{f"4bit dense at need x{h} + swiglu recompute + lora in base dtype": {
+        "precision": "4bit-dense", "memory_limit": "need", "headroom": h, "recompute_swiglu": True,
+        "lora_dtype": "base"} for h in (1.1, 1.2, 1.3)},
     "4bit": {"precision": "4bit"},
     "4bit dense": {"precision": "4bit-dense"},
     "4bit dense limited": {"precision": "4bit-dense", "memory_limit": True},
