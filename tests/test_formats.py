@@ -159,6 +159,15 @@ def test_expected_calibration_error_on_a_hand_made_case():
     assert metrics.normalize("!") == "!" != metrics.normalize("")
 
 
+def test_balanced_accuracy_scores_one_answer_for_every_row_as_chance():
+    rows = lambda answers, said: [{"reference": a, "prediction": p} for a, p in zip(answers, said)]
+    skewed = ["a"] * 8 + ["b"] * 2
+    assert metrics.balanced_accuracy(rows(skewed, ["a"] * 10)) == 0.5  # accuracy 0.8
+    assert metrics.balanced_accuracy(rows(skewed, ["b"] * 10)) == 0.5  # accuracy 0.2
+    # a right for 6 of 8, b for 1 of 2: (0.75 + 0.5) / 2
+    assert metrics.balanced_accuracy(rows(skewed, ["a"] * 6 + ["b"] * 3 + ["a"])) == pytest.approx(0.625)
+
+
 def test_choice_scoring_matches_an_independent_computation(tiny, folders):
     """Each option's mean log-probability per token, from one full forward pass per option with
     every logit, against the batched, gathered pass."""

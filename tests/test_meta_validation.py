@@ -157,3 +157,23 @@ def test_the_outer_loop_alone_refuses_validation_it_cannot_run():
     cfg = train.MetaTrainConfig(tasks=["aclsum-title"], valid_tasks=["pydoc-name"], episodes=1)
     with pytest.raises(train.UserError, match="needs the meta-validation"):
         train.run(cfg)
+
+
+@pytest.mark.parametrize("how", ["balanced", "accuracy"])
+def test_a_choice_task_is_validated_by_accuracy_or_balanced_accuracy(tiny, how):
+    from types import SimpleNamespace
+
+    from mlx_reptilora.evaluation import evaluate, metrics
+    from mlx_reptilora.evaluation.validate import Validator
+    from mlx_reptilora.meta.config import MetaTrainConfig
+    from mlx_reptilora.model import adapters
+
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.0))
+    cfg = MetaTrainConfig(tasks=["aclsum-title"], valid_tasks=["afinn-polarity"], valid_shots=[1], valid_limit=12,
+                          max_length=64, valid_choice_score=how)
+    v = Validator(cfg, SimpleNamespace(base=tiny, inner=SimpleNamespace(cfg=SimpleNamespace(micro_batch=4))))
+    d = v.data["afinn-polarity"]
+    rows, _ = evaluate.records(tiny, d["task"], d["valid"], evaluate.EvalConfig(task="afinn-polarity", max_length=64))
+    accuracy, balanced = metrics.choice(rows)["accuracy"]["mid"], 100 * metrics.balanced_accuracy(rows)
+    assert len({r["reference"] for r in rows}) == 2 and accuracy != balanced  # the case tells them apart
+    assert v.score(d) == pytest.approx(balanced if how == "balanced" else accuracy)

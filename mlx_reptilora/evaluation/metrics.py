@@ -87,14 +87,27 @@ def reliability(confidence, correct, bins: int = ECE_BINS) -> list[dict]:
 
 def choice(records: list[dict], seed: int = 0) -> dict:
     """Records {probs, answer} (probs over a row's options, answer its index): accuracy, the NLL of
-    the right option (nats), ECE and the reliability diagram's bins."""
+    the right option (nats), ECE and the reliability diagram's bins; with {prediction, reference},
+    balanced accuracy too."""
     probs = [np.asarray(r["probs"], float) for r in records]
     answer = [r["answer"] for r in records]
     top = np.array([p.max() for p in probs])
     right = np.array([float(int(np.argmax(p)) == a) for p, a in zip(probs, answer)])
     nll = [-np.log(max(p[a], 1e-12)) for p, a in zip(probs, answer)]
-    return {"accuracy": bootstrap(100 * right, seed), "nll": bootstrap(nll, seed), "ece": round(ece(top, right), 3),
-            "reliability": reliability(top, right)}
+    out = {"accuracy": bootstrap(100 * right, seed), "nll": bootstrap(nll, seed), "ece": round(ece(top, right), 3),
+           "reliability": reliability(top, right)}
+    if records and all("reference" in r for r in records):
+        out["balanced_accuracy"] = round(100 * balanced_accuracy(records), 3)
+    return out
+
+
+def balanced_accuracy(records: list[dict]) -> float:
+    """The mean over right answers of the share of their rows answered right (records {prediction,
+    reference}): one answer for every row scores 1 / answers, however the answers are balanced."""
+    by_answer: dict[str, list[bool]] = {}
+    for r in records:
+        by_answer.setdefault(r["reference"], []).append(r["prediction"] == r["reference"])
+    return float(np.mean([np.mean(v) for v in by_answer.values()]))
 
 
 def text(records: list[dict], seed: int = 0) -> dict:
@@ -133,6 +146,8 @@ def describe(metric: str, scores: dict) -> str:
         out += ", " + ", ".join(f"{m} {scores[m]['mid']:.2f}" for m in ("rouge1", "rouge2"))
     if metric == "accuracy":
         out += f", NLL {scores['nll']['mid']:.3f}, ECE {scores['ece']:.2f}"
+        if "balanced_accuracy" in scores:
+            out += f", balanced accuracy {scores['balanced_accuracy']:.2f}"
     if metric == "nll":
         out += f", perplexity {scores['perplexity']:.2f}"
     return out

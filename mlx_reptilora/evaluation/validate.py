@@ -2,10 +2,11 @@
 --valid-tasks task (never trained on) with the start's recipe and a small grid around it (steps x
 learning-rate scale, and 0 steps: the start as it is), and scored on the task's valid split: query
 loss and the task's own headline score (ROUGE-L or exact match of greedy generations, a choice
-task's accuracy, a text task's negative loss). For each shot count the best grid point becomes that count's
-recipe, so a start whose adaptation at k shots scores below no adaptation at all is adapted with 0
-steps at k. meta-train keeps the θ whose per-count best points score highest on average (early
-stopping) and writes their recipes into the start, so `adapt` uses what held-out tasks chose.
+task's accuracy or balanced accuracy, a text task's negative loss). For each shot count the best
+grid point becomes that count's recipe, so a start whose adaptation at k shots scores below no
+adaptation at all is adapted with 0 steps at k. meta-train keeps the θ whose per-count best points
+score highest on average (early stopping) and writes their recipes into the start, so `adapt` uses
+what held-out tasks chose.
 
 Validation lives here, above the meta layer, because it generates and scores; meta/validation.py
 declares the hook (`hook` below) and the commands wire it in.
@@ -99,6 +100,10 @@ class Validator:
         t = d["task"]
         ecfg = evaluate.EvalConfig(task=t.name, batch_size=self.cfg.valid_batch_size, max_length=self.cfg.max_length)
         rows, _ = evaluate.records(self.s.base, t, d["valid"], ecfg, d["prompts"], d["max_new_tokens"])
+        if t.kind == "choice" and self.cfg.valid_choice_score == "balanced":
+            # adapting on a few shots can move only the label prior (every row given the shots'
+            # answer); accuracy rewards that wherever one answer is common
+            return 100 * metrics.balanced_accuracy(rows)
         return metrics.headline(t.metric, metrics.score(t.metric, rows))
 
 

@@ -31,6 +31,10 @@ class ValidOptions:
                                                         "scores lower is adapted with 0 steps", min=0)
     valid_lr_scales: list[float] = option([1.0, 0.3], "validation grid: multiples of the recipe's learning "
                                                       "rate (or learned rates)", gt=0)
+    valid_choice_score: str = option("accuracy", "how validation scores a choice task: accuracy, or balanced (the "
+                                                 "mean over right answers of their rows' accuracy, so answering "
+                                                 "every row alike scores chance however the answers are "
+                                                 "balanced)", choices=("accuracy", "balanced"))
     valid_limit: int = option(32, "valid-split examples scored per validation task", min=1)
     valid_batch_size: int = option(32, "sequences generated or scored together in validation", min=1)
 
