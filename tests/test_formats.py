@@ -3,6 +3,7 @@ accuracy, NLL and ECE, folder tasks in every command from any directory, and the
 
 import json
 import os
+from dataclasses import replace
 
 import mlx.core as mx
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from mlx_reptilora.data import episodes, hygiene, prompts, tasks
 from mlx_reptilora.errors import UserError
-from mlx_reptilora.evaluation import metrics, scoring
+from mlx_reptilora.evaluation import evaluate, metrics, scoring
 from tests.conftest import run_cli
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "pink", "brown"]
@@ -186,6 +187,36 @@ def test_choice_scoring_matches_an_independent_computation(tiny, folders):
         want = np.exp(np.array(means) - max(means))
         np.testing.assert_allclose(g["probs"], want / want.sum(), rtol=1e-4, atol=1e-6)
         assert g["prediction"] == e.choices[int(np.argmax(means))] and g["answer"] == e.choices.index(e.target)
+
+
+def test_contextual_calibration_divides_out_what_content_free_inputs_get(tiny, folders):
+    """By hand: a prior that puts every row on one option is divided out; then end to end, evaluate's
+    calibrated probabilities are its raw ones over the mean of the content-free rows' own."""
+    exs = [tasks.Example("x", "b", choices=("a", "b")), tasks.Example("y", "a", choices=("a", "b"))]
+    rows = [{"prediction": "a", "reference": "b", "probs": [0.7, 0.3]},
+            {"prediction": "a", "reference": "a", "probs": [0.9, 0.1]}]
+    free = scoring.content_free(exs)
+    assert [e.input for e in free] == list(scoring.CONTENT_FREE) and {e.choices for e in free} == {("a", "b")}
+    prior = [{"probs": [0.8, 0.2]}, {"probs": [0.8, 0.2]}, {"probs": [0.8, 0.2]}]
+    got = scoring.calibrated(exs, rows, free, prior)
+    assert [g["prediction"] for g in got] == ["b", "a"]  # 0.7/0.8 < 0.3/0.2; 0.9/0.8 > 0.1/0.2
+    np.testing.assert_allclose(got[0]["probs"], [0.875 / 2.375, 1.5 / 2.375])
+    assert got[0]["raw_probs"] == [0.7, 0.3]
+
+    task = tasks.load(str(folders["warmth"]))
+    exs = task.splits["test"][:4]
+    cfg = evaluate.EvalConfig(task=task.name, max_length=128)
+    raw, _ = evaluate.records(tiny, task, exs, cfg)
+    cal, _ = evaluate.records(tiny, task, exs, replace(cfg, calibrate="content-free"))
+    free = scoring.content_free(exs)
+    prior = {}
+    for e, r in zip(free, scoring.choices(tiny.model, prompts.PromptFormat.for_task(tiny.tokenizer, task),
+                                          tiny.tokenizer, free, 4, 128)):
+        prior.setdefault(e.choices, []).append(r["probs"])
+    for e, r, c in zip(exs, raw, cal):
+        want = np.asarray(r["probs"]) / np.mean(prior[e.choices], axis=0)
+        np.testing.assert_allclose(c["probs"], want / want.sum(), rtol=1e-5)
+        assert c["raw_probs"] == r["probs"] and c["prediction"] == e.choices[int(np.argmax(want))]
 
 
 def test_hygiene_lines_fire(tmp_path, capsys, tokenizer):

@@ -40,6 +40,11 @@ class EvalOptions:
     in_context_length: int | None = option(None, "max tokens of an in-context prompt", min=16,
                                            default_text="--max-length x (shots + 1): each document keeps the "
                                                         "room it has alone")
+    calibrate: str = option("none", "a choice task's option probabilities: none, or content-free: divided by "
+                                    "those each option gets after the inputs 'N/A', '' and '[MASK]' (contextual "
+                                    "calibration, Zhao et al. 2021), which takes out a preference for some "
+                                    "answers that the prompt or a few shots give every row",
+                            choices=("none", "content-free"))
 
 
 @dataclass
@@ -134,20 +139,30 @@ def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: 
         seqs = prompts.tokenize(fmt, base.tokenizer, exs, cfg.max_length)
         return scoring.text_nll(base.model, seqs, cfg.batch_size), {"seconds": round(time.perf_counter() - t, 2)}
     if task.kind == "choice":
-        fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
-        shown = prompts_for(base, task, exs, cfg, shots) if cfg.in_context else None
-        score = lambda: scoring.choices(base.model, fmt, base.tokenizer, exs, cfg.batch_size, cfg.max_length, shown)
-        if not samples:
-            return score(), {"seconds": round(time.perf_counter() - t, 2)}
-        held, runs = adapters.get_weights(base.model), []
-        for weights in samples:
-            adapters.set_weights(base.model, weights)
-            runs.append(score())
-        adapters.set_weights(base.model, held)
-        return scoring.averaged(exs, runs), {"seconds": round(time.perf_counter() - t, 2)}
+        rows = choice_rows(base, task, exs, cfg, samples, shots)
+        if cfg.calibrate == "content-free":
+            free = scoring.content_free(exs)
+            rows = scoring.calibrated(exs, rows, free, choice_rows(base, task, free, cfg, samples, shots))
+        return rows, {"seconds": round(time.perf_counter() - t, 2)}
     prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg, shots)
     texts, speed = generate(base, prompt_ids, max_tokens or max_new_tokens(task, base.tokenizer), cfg.batch_size)
     return [{"prediction": p, "reference": e.target} for p, e in zip(texts, exs)], speed
+
+
+def choice_rows(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig,
+                samples: list[dict] | None, shots: list[tasks.Example] | None) -> list[dict]:
+    """A choice task's option probabilities for `exs`, averaged over `samples` where given."""
+    fmt = prompts.PromptFormat.for_task(base.tokenizer, task)
+    shown = prompts_for(base, task, exs, cfg, shots) if cfg.in_context else None
+    score = lambda: scoring.choices(base.model, fmt, base.tokenizer, exs, cfg.batch_size, cfg.max_length, shown)
+    if not samples:
+        return score()
+    held, runs = adapters.get_weights(base.model), []
+    for weights in samples:
+        adapters.set_weights(base.model, weights)
+        runs.append(score())
+    adapters.set_weights(base.model, held)
+    return scoring.averaged(exs, runs)
 
 
 def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig, samples: list[dict] | None = None,
@@ -159,6 +174,7 @@ def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig, samples: list
     scores = metrics.score(task.metric, rows, cfg.bootstrap_seed)
     return {"task": task.name, "kind": task.kind, "metric": task.metric, "split": cfg.split, "n": len(exs),
             "shots": cfg.shots, "in_context": cfg.in_context, "seed": cfg.seed, "adapters": cfg.adapters,
+            **({"calibrate": cfg.calibrate} if task.kind == "choice" else {}),
             **({"max_new_tokens": limit} if limit else {}), **scores, "speed": speed,
             "_predictions": [{"id": e.id, **r} for e, r in zip(exs, rows)]}
 

@@ -4,7 +4,11 @@ Each option is scored by the log-likelihood of its tokens (and EOS) after the pr
 their number: the per-token normalisation of the multiple-choice literature, so a long option is not
 penalised for its length. The options' probabilities are the softmax of those scores across the
 row's options; the prediction is the most probable one. Every option of every row goes through the
-model in one batched pass (rows of similar length together)."""
+model in one batched pass (rows of similar length together).
+
+Contextual calibration (Zhao et al., 2021) divides a row's option probabilities by those its
+options get after content-free inputs, so a prior over the answers that a prompt or a few shots
+impose, every row given the shot's answer, is taken out before the argmax."""
 
 from __future__ import annotations
 
@@ -59,6 +63,33 @@ def choices(model, fmt: prompts.PromptFormat, tokenizer, exs: list[Example], bat
         probs /= probs.sum()
         out.append({"prediction": e.choices[int(np.argmax(probs))], "reference": e.target,
                     "probs": [float(p) for p in probs], "answer": e.choices.index(e.target)})
+    return out
+
+
+CONTENT_FREE = ("N/A", "", "[MASK]")  # the paper's three, their probabilities averaged
+
+
+def content_free(exs: list[Example]) -> list[Example]:
+    """For each distinct set of options among `exs` (choice rows have an input, never a chat), one
+    row per content-free input with those options."""
+    first = {e.choices: e for e in reversed(exs)}
+    return [first[options]._replace(input=text, id=f"content-free:{i}")
+            for options in dict.fromkeys(e.choices for e in exs) for i, text in enumerate(CONTENT_FREE)]
+
+
+def calibrated(exs: list[Example], rows: list[dict], free: list[Example], free_rows: list[dict]) -> list[dict]:
+    """`rows` (choices or averaged, for `exs`) with each option probability divided by the mean
+    its option gets over the content-free rows of the same option set (`free`, `free_rows`: from
+    content_free), renormalised; the uncalibrated ones kept as raw_probs."""
+    prior: dict[tuple, list] = {}
+    for e, r in zip(free, free_rows):
+        prior.setdefault(e.choices, []).append(r["probs"])
+    out = []
+    for e, r in zip(exs, rows):
+        p = np.asarray(r["probs"]) / np.maximum(np.mean(prior[e.choices], axis=0), 1e-12)
+        p /= p.sum()
+        out.append({**r, "prediction": e.choices[int(np.argmax(p))], "probs": [float(x) for x in p],
+                    "raw_probs": r["probs"]})
     return out
 
 
