@@ -180,8 +180,14 @@ PLANS = {
         baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]},
                    "lora-data": {"systems": "lora", "shots": "20,50", "tune_steps": [7, 21, 63], "tune_shots": [20, 50]},
                    "in-context": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
-                                  "batch_size": 16}},
-        variants={"+ in-context": {"systems": "meta+in-context", "shots": "1,5", "in_context_length": 2048}}),
+                                  "batch_size": 16},
+                   # contextual calibration (evaluate --calibrate): whether it takes out the label prior
+                   # that one shot imposed on the sentiment fold; LoRA keeps the uncalibrated tuning
+                   "lora (calibrated)": {"systems": "lora", "tune_steps": "lora", "calibrate": "content-free"},
+                   "in-context (calibrated)": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
+                                               "batch_size": 16, "calibrate": "content-free"}},
+        variants={"+ in-context": {"systems": "meta+in-context", "shots": "1,5", "in_context_length": 2048},
+                  "calibrated": {"calibrate": "content-free"}}),
 }
 
 

@@ -170,6 +170,11 @@ def test_the_task_starts_plan_holds_out_groups_of_both_kinds():
     assert not set(exp.GCIDE) & set(folds["wordnet"].train)
     assert {"hyper", "abmll", "maml++", "reptile"} <= set(plan.learners)
     assert plan.variants["+ in-context"]["systems"] == "meta+in-context"
+    # contextual calibration: every start, LoRA (on LoRA's own tuning) and in-context, each also calibrated
+    assert exp._flags(plan.variants["calibrated"]) == ["--calibrate", "content-free"]
+    assert plan.baselines["lora (calibrated)"]["tune_steps"] == "lora"
+    assert exp._flags(exp._passed_on(plan.baselines["lora (calibrated)"])) == ["--systems", "lora", "--calibrate",
+                                                                              "content-free"]
 
 
 def test_choice_rows_are_judged_by_accuracy_with_their_calibration():
