@@ -183,11 +183,12 @@ PLANS = {
                                   "batch_size": 16},
                    # contextual calibration (evaluate --calibrate): whether it takes out the label prior
                    # that one shot imposed on the sentiment fold; LoRA keeps the uncalibrated tuning
-                   "lora (calibrated)": {"systems": "lora", "tune_steps": "lora", "calibrate": "content-free"},
+                   "lora (calibrated)": {"systems": "lora", "tune_steps": "lora", "calibrate": "content-free",
+                                         "only": "choice"},
                    "in-context (calibrated)": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
-                                               "batch_size": 16, "calibrate": "content-free"}},
+                                               "batch_size": 16, "calibrate": "content-free", "only": "choice"}},
         variants={"+ in-context": {"systems": "meta+in-context", "shots": "1,5", "in_context_length": 2048},
-                  "calibrated": {"calibrate": "content-free"}}),
+                  "calibrated": {"calibrate": "content-free", "only": "choice"}}),
 }
 
 
@@ -340,7 +341,16 @@ TUNE_SHOTS = [1, 5]  # where a baseline's steps are tuned unless it names its ow
 
 def _passed_on(over: dict) -> dict:
     """A baseline's settings that are compare flags (not the driver's own keys)."""
-    return {k: v for k, v in over.items() if k not in ("tune_steps", "tune_shots", "shots")}
+    return {k: v for k, v in over.items() if k not in ("tune_steps", "tune_shots", "shots", "only")}
+
+
+def _held(f: Fold, over: dict) -> list[str]:
+    """The fold's held-out tasks a system is tested on: all, or those of the kind its `only` names."""
+    if "only" not in over:
+        return f.test
+    from mlx_reptilora.data import tasks
+
+    return [t for t in f.test if tasks.load(t).kind == over["only"]]
 
 
 def _flags(over: dict) -> list:
@@ -408,11 +418,12 @@ def stage_tune(plan: Plan, args, out: Path) -> None:
 def _compare_jobs(plan: Plan, args, out: Path) -> list:
     jobs = []
     for fold, f in folds(plan, args.folds).items():
-        held = ",".join(f.test)
         for label, (learner, folder, over) in tested(plan, learners(plan, args)).items():
             start, dest = out / "meta" / learner / fold, out / "test" / folder / fold
-            if finished(start) and not (dest / "results.json").exists():
+            held = ",".join(_held(f, over))
+            if held and finished(start) and not (dest / "results.json").exists():
                 over = dict(over)  # a variant may name its own systems and shots: each flag once
+                over.pop("only", None)
                 systems = over.pop("systems", "meta")
                 shots = [int(k) for k in str(over.pop("shots")).split(",")] if "shots" in over else None
                 jobs.append((f"{label}/{fold}", _cli("compare", "--adapters", start, "--systems", systems,
@@ -420,8 +431,8 @@ def _compare_jobs(plan: Plan, args, out: Path) -> list:
                                                      *_flags(over)), dest.with_suffix(".log")))
         start = _any_start(plan, out, fold)
         for label, over in plan.baselines.items():
-            dest = out / "test" / label / fold
-            if start is None or (dest / "results.json").exists():
+            dest, held = out / "test" / label / fold, ",".join(_held(f, over))
+            if start is None or not held or (dest / "results.json").exists():
                 continue
             extra = _passed_on(over)
             if "tune_steps" in over:

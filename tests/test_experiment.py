@@ -171,7 +171,10 @@ def test_the_task_starts_plan_holds_out_groups_of_both_kinds():
     assert {"hyper", "abmll", "maml++", "reptile"} <= set(plan.learners)
     assert plan.variants["+ in-context"]["systems"] == "meta+in-context"
     # contextual calibration: every start, LoRA (on LoRA's own tuning) and in-context, each also calibrated
-    assert exp._flags(plan.variants["calibrated"]) == ["--calibrate", "content-free"]
+    calibrated = plan.variants["calibrated"]
+    assert calibrated["calibrate"] == "content-free"
+    assert exp._held(folds["sentiment"], calibrated) == folds["sentiment"].test and not exp._held(folds["numpy"], calibrated)
+    assert exp._held(folds["wordnet"], calibrated) == ["wordnet-pos", "wordnet-domain"]  # its choice tasks only
     assert plan.baselines["lora (calibrated)"]["tune_steps"] == "lora"
     assert exp._flags(exp._passed_on(plan.baselines["lora (calibrated)"])) == ["--systems", "lora", "--calibrate",
                                                                               "content-free"]
