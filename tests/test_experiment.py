@@ -173,7 +173,8 @@ def test_the_task_starts_plan_holds_out_groups_of_both_kinds():
     # contextual calibration: every start, LoRA (on LoRA's own tuning) and in-context, each also calibrated
     calibrated = plan.variants["calibrated"]
     assert calibrated["calibrate"] == "content-free"
-    assert exp._held(folds["sentiment"], calibrated) == folds["sentiment"].test and not exp._held(folds["numpy"], calibrated)
+    assert exp._held(folds["sentiment"], calibrated) == folds["sentiment"].test
+    assert not exp._held(folds["numpy"], calibrated)
     assert exp._held(folds["wordnet"], calibrated) == ["wordnet-pos", "wordnet-domain"]  # its choice tasks only
     assert plan.baselines["lora (calibrated)"]["tune_steps"] == "lora"
     assert exp._flags(exp._passed_on(plan.baselines["lora (calibrated)"])) == ["--systems", "lora", "--calibrate",
