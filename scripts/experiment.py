@@ -513,12 +513,14 @@ def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict
                 item = {"system": s, "task": t, "shots": k, "metric": m, "score": r[m]["mid"],
                         "vs_start": r[m]["mid"] - zero[m]["mid"], "below_start_apart": r[m]["high"] < zero[m]["low"]}
                 if "ece" in r:
-                    item["ece"] = r["ece"]
+                    item.update(ece=r["ece"], ece_interval=r.get("ece_interval"))
                 base = cell(rows, t, lora, k) if lora else None
                 if base:
                     item.update(vs_lora=r[m]["mid"] - base[m]["mid"], lora_apart=apart(r, base, m))
                     if "ece" in base:
-                        item["lora_ece"] = base["ece"]
+                        item.update(lora_ece=base["ece"], lora_ece_interval=base.get("ece_interval"))
+                        if item.get("ece_interval") and item["lora_ece_interval"]:  # rows written before intervals: none
+                            item["ece_below_lora_apart"] = item["ece_interval"][1] < item["lora_ece_interval"][0]
                 found.append(item)
     return found
 
@@ -649,6 +651,18 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
     plt.close(fig)
 
 
+def _ece(c: dict, k: str) -> str:
+    """A check's ECE (or LoRA's, k 'lora_ece') with its interval where the rows have one."""
+    if k not in c:
+        return "–"
+    i = c.get(f"{k}_interval")
+    return f"{c[k]:.2f} [{i[0]:.1f}, {i[1]:.1f}]" if i else str(c[k])
+
+
+def _ece_apart(c: dict) -> str:
+    return {True: "yes", False: "no"}.get(c.get("ece_below_lora_apart"), "–")
+
+
 def stage_report(plan: Plan, args, out: Path) -> None:
     rows = rows_of(plan, out)
     report = out / "report"
@@ -666,12 +680,13 @@ def stage_report(plan: Plan, args, out: Path) -> None:
              "Scores x100, bootstrap mean [95% interval]; k > 0: the draws pooled; test splits; every start "
              "adapted with its own recipe.", "",
              "| system | task | shots | score | − un-adapted start | below it, intervals apart | − LoRA | apart from LoRA "
-             "| ECE | LoRA's ECE |",
-             "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: |"]
+             "| ECE | LoRA's ECE | ECE below LoRA's, intervals apart |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | --- |"]
     for c in found:
         lines.append(f"| {c['system']} | {c['task']} | {c['shots']} | {c['score']:.2f} | {c['vs_start']:+.2f} | "
                      f"{'yes' if c['below_start_apart'] else 'no'} | {c.get('vs_lora', float('nan')):+.2f} | "
-                     f"{'yes' if c.get('lora_apart') else 'no'} | {c.get('ece', '–')} | {c.get('lora_ece', '–')} |")
+                     f"{'yes' if c.get('lora_apart') else 'no'} | {_ece(c, 'ece')} | {_ece(c, 'lora_ece')} | "
+                     f"{_ece_apart(c)} |")
     lines += ["", "| learner | fold (held out) | episodes | θ kept (meta-validation) | time in episodes (s) | tokens | "
               "peak memory (GB) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {c['learner']} | {c['fold']} | {c['episodes']} | {c['kept'] or 'the last'} | {c['seconds']} | "

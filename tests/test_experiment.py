@@ -187,11 +187,18 @@ def test_choice_rows_are_judged_by_accuracy_with_their_calibration():
     def choice(system, k, acc, ece):
         score = {"low": acc - 1, "mid": acc, "high": acc + 1}
         return {"task": "c", "system": system, "shots": k, "metric": "accuracy", "accuracy": score,
-                "nll": {"low": 0.5, "mid": 0.6, "high": 0.7}, "ece": ece}
+                "nll": {"low": 0.5, "mid": 0.6, "high": 0.7}, "ece": ece, "ece_interval": [ece - 3, ece + 3]}
 
     rows = [choice("m", 0, 50, 9.0), choice("m", 5, 60, 4.0), choice("lora", 5, 55, 12.0)]
     (found,) = exp.checks(rows, plan, ["m"], "lora")
     assert (found["metric"], found["score"], found["vs_start"], found["vs_lora"]) == ("accuracy", 60, 10, 5)
     assert found["lora_apart"] and (found["ece"], found["lora_ece"]) == (4.0, 12.0)
+    assert found["ece_below_lora_apart"] and exp._ece(found, "ece") == "4.00 [1.0, 7.0]"
+    rows[-1]["ece_interval"] = [6.5, 17.0]  # overlapping: below, not apart
+    (found,) = exp.checks(rows, plan, ["m"], "lora")
+    assert found["ece_below_lora_apart"] is False and exp._ece_apart(found) == "no"
+    del rows[-1]["ece_interval"]  # rows written before intervals: said as not known
+    (found,) = exp.checks(rows, plan, ["m"], "lora")
+    assert "ece_below_lora_apart" not in found and exp._ece_apart(found) == "–" and exp._ece(found, "lora_ece") == "12.0"
     text = exp.table(rows, plan, ["m", "lora"])
     assert "| c | 5 | 60.00 [59.0, 61.0] | 55.00 [54.0, 56.0] |" in text and "| c | 5 | 0.600, 4.00 | 0.600, 12.00 |" in text

@@ -160,6 +160,18 @@ def test_expected_calibration_error_on_a_hand_made_case():
     assert metrics.normalize("!") == "!" != metrics.normalize("")
 
 
+def test_the_ece_interval_is_the_ece_of_resampled_rows():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.3, 1.0, 200)
+    right = (rng.uniform(size=200) < conf * 0.8).astype(float)
+    low, high = metrics.ece_interval(conf, right, seed=3, samples=400)
+    # the same resamples, each scored by ece() itself
+    idx = np.random.Generator(np.random.PCG64(3)).integers(0, 200, (400, 200))
+    each = [metrics.ece(conf[i], right[i]) for i in idx]
+    assert (low, high) == pytest.approx((np.percentile(each, 2.5), np.percentile(each, 97.5)))
+    assert low < metrics.ece(conf, right) < high
+
+
 def test_balanced_accuracy_scores_one_answer_for_every_row_as_chance():
     rows = lambda answers, said: [{"reference": a, "prediction": p} for a, p in zip(answers, said)]
     skewed = ["a"] * 8 + ["b"] * 2

@@ -76,6 +76,22 @@ def ece(confidence, correct, bins: int = ECE_BINS) -> float:
     return 100 * total
 
 
+def ece_interval(confidence, correct, seed: int = 0, samples: int = 1000, bins: int = ECE_BINS) -> list[float]:
+    """A percentile 95% interval of the ECE over resampled rows. Per bin |B_m| / n * |acc - conf| is
+    |sum of right - sum of p| / n, so each resample needs only its bins' two sums."""
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+    if not len(confidence):
+        return [float("nan"), float("nan")]
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    idx = rng.integers(0, len(confidence), (samples, len(confidence)))
+    slot = (np.arange(samples)[:, None] * bins + which[idx]).ravel()
+    gap = (np.bincount(slot, correct[idx].ravel(), samples * bins)
+           - np.bincount(slot, confidence[idx].ravel(), samples * bins)).reshape(samples, bins)
+    eces = 100 * np.abs(gap).sum(1) / len(confidence)
+    return [float(np.percentile(eces, 2.5)), float(np.percentile(eces, 97.5))]
+
+
 def reliability(confidence, correct, bins: int = ECE_BINS) -> list[dict]:
     """The reliability diagram's points: per non-empty bin, its range, rows, accuracy and confidence."""
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
@@ -87,15 +103,15 @@ def reliability(confidence, correct, bins: int = ECE_BINS) -> list[dict]:
 
 def choice(records: list[dict], seed: int = 0) -> dict:
     """Records {probs, answer} (probs over a row's options, answer its index): accuracy, the NLL of
-    the right option (nats), ECE and the reliability diagram's bins; with {prediction, reference},
-    balanced accuracy too."""
+    the right option (nats), ECE with its 95% interval and the reliability diagram's bins; with
+    {prediction, reference}, balanced accuracy too."""
     probs = [np.asarray(r["probs"], float) for r in records]
     answer = [r["answer"] for r in records]
     top = np.array([p.max() for p in probs])
     right = np.array([float(int(np.argmax(p)) == a) for p, a in zip(probs, answer)])
     nll = [-np.log(max(p[a], 1e-12)) for p, a in zip(probs, answer)]
     out = {"accuracy": bootstrap(100 * right, seed), "nll": bootstrap(nll, seed), "ece": round(ece(top, right), 3),
-           "reliability": reliability(top, right)}
+           "ece_interval": [round(x, 3) for x in ece_interval(top, right, seed)], "reliability": reliability(top, right)}
     if records and all("reference" in r for r in records):
         out["balanced_accuracy"] = round(100 * balanced_accuracy(records), 3)
     return out
