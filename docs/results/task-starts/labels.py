@@ -7,7 +7,10 @@ For every system, task and shot count, over the draws of the shots:
 - accuracy_prior_divided: the option probabilities divided by their mean over the draw's test rows
   before the argmax (batch calibration, Zhou et al., ICLR 2024). It removes a label prior shared
   by every row and keeps the ordering between rows. It is transductive (it reads the unlabeled test
-  inputs) and assumes no label is rare: an analysis of what survives adaptation, not a tuned score.
+  inputs) and assumes no label is rare: an analysis of what survives adaptation, not a tuned score;
+- balanced_accuracy: the mean over right answers of their rows' accuracy (one label for all: chance);
+- ece with its 95% interval, the draws pooled as the report pools them (rows written before the
+  report had ECE intervals).
 
     python docs/results/task-starts/labels.py     # seconds; writes labels.json beside it
 """
@@ -17,6 +20,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+
+from mlx_reptilora.evaluation import metrics
 
 HERE = Path(__file__).resolve().parent
 HOW = ("meta+in-context", "in-context", "meta", "lora")  # the longest first: one ends another
@@ -39,16 +44,20 @@ def summary(rows: list[dict]) -> dict:
     draws = collections.defaultdict(list)
     for r in rows:
         draws[r["draw"]].append(r)
-    top, acc, divided = [], [], []
+    top, acc, divided, balanced = [], [], [], []
     for rs in draws.values():
         probs = np.array([r["probs"] for r in rs])
         answer = np.array([r["answer"] for r in rs])
         top.append(collections.Counter(probs.argmax(1)).most_common(1)[0][1] / len(rs))
         acc.append(float((probs.argmax(1) == answer).mean()))
         divided.append(float(((probs / probs.mean(0)).argmax(1) == answer).mean()))
+        balanced.append(metrics.balanced_accuracy(rs))
+    scored = metrics.choice(rows)
     return {"draws": len(draws), "rows": len(rows), "top_share": round(float(np.mean(top)), 3),
             "accuracy": round(100 * float(np.mean(acc)), 2),
-            "accuracy_prior_divided": round(100 * float(np.mean(divided)), 2)}
+            "accuracy_prior_divided": round(100 * float(np.mean(divided)), 2),
+            "balanced_accuracy": round(100 * float(np.mean(balanced)), 2),
+            "ece": scored["ece"], "ece_interval": scored["ece_interval"]}
 
 
 def main():
