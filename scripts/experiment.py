@@ -500,9 +500,12 @@ def table(rows, plan: Plan, systems: list[str]) -> str:
 def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict]:
     """Per learner, task and k > 0: the adapted start against the un-adapted one (its 0-shot row),
     and against LoRA at the same k; 'apart' means the 95% intervals do not overlap. A variant
-    ("maml++ (steps auto)") is held against its learner's un-adapted start."""
-    found = []
+    ("maml++ (steps auto)") is held against its learner's un-adapted start, and against LoRA's
+    variant of the same name where there is one ("lora (calibrated)")."""
+    found, systems = [], {r["system"] for r in rows}
     for s in learners:
+        variant = s[s.index(" ("):] if " (" in s else ""
+        ref = f"{lora}{variant}" if lora and f"{lora}{variant}" in systems else lora
         for t in plan.pool:
             zero = cell(rows, t, s, 0) or cell(rows, t, s.split(" (")[0], 0)
             for k in (k for k in plan.shots if k):
@@ -514,7 +517,7 @@ def checks(rows, plan: Plan, learners: list[str], lora: str | None) -> list[dict
                         "vs_start": r[m]["mid"] - zero[m]["mid"], "below_start_apart": r[m]["high"] < zero[m]["low"]}
                 if "ece" in r:
                     item.update(ece=r["ece"], ece_interval=r.get("ece_interval"))
-                base = cell(rows, t, lora, k) if lora else None
+                base = cell(rows, t, ref, k) if ref else None
                 if base:
                     item.update(vs_lora=r[m]["mid"] - base[m]["mid"], lora_apart=apart(r, base, m))
                     if "ece" in base:

@@ -199,6 +199,11 @@ def test_choice_rows_are_judged_by_accuracy_with_their_calibration():
     assert found["ece_below_lora_apart"] is False and exp._ece_apart(found) == "no"
     del rows[-1]["ece_interval"]  # rows written before intervals: said as not known
     (found,) = exp.checks(rows, plan, ["m"], "lora")
-    assert "ece_below_lora_apart" not in found and exp._ece_apart(found) == "–" and exp._ece(found, "lora_ece") == "12.0"
+    assert "ece_below_lora_apart" not in found and exp._ece_apart(found) == "–"
+    assert exp._ece(found, "lora_ece") == "12.0"
+    # a calibrated start is held against calibrated LoRA where that was tested
+    rows += [{**r, "system": f"{r['system']} (calibrated)", "ece": r["ece"] / 2} for r in rows]
+    found = exp.checks(rows, plan, ["m", "m (calibrated)"], "lora")
+    assert [(f["system"], f["lora_ece"]) for f in found] == [("m", 12.0), ("m (calibrated)", 6.0)]
     text = exp.table(rows, plan, ["m", "lora"])
     assert "| c | 5 | 60.00 [59.0, 61.0] | 55.00 [54.0, 56.0] |" in text and "| c | 5 | 0.600, 4.00 | 0.600, 12.00 |" in text

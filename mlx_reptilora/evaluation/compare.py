@@ -144,8 +144,8 @@ def _run(cfg: CompareConfig) -> dict:
                 shown = [task.split("train")[r] for r in shot_rows] if system == "meta+in-context" else None
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,
-                                       calibrate=cfg.calibrate, in_context=k if system in ("in-context", "meta+in-context") else 0,
-                                       shots=k, seed=seed, quiet=True)
+                                       in_context=k if system in ("in-context", "meta+in-context") else 0,
+                                       calibrate=cfg.calibrate, shots=k, seed=seed, quiet=True)
             drawn = begin.samples(cfg.samples) if task.kind == "choice" and system != "in-context" else []
             result = evaluate.evaluate(base, task, ecfg, samples=drawn, shots=shown)
             records += [{"draw": d, **p} for p in result["_predictions"]]
