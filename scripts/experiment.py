@@ -26,6 +26,7 @@ lease carries on where it stopped:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -346,11 +347,15 @@ def _passed_on(over: dict) -> dict:
 
 def _held(f: Fold, over: dict) -> list[str]:
     """The fold's held-out tasks a system is tested on: all, or those of the kind its `only` names."""
-    if "only" not in over:
-        return f.test
+    return [t for t in f.test if "only" not in over or _kind(t) == over["only"]]
+
+
+@functools.cache
+def _kind(task: str) -> str:
+    """A task's kind, loaded once however many systems ask (every learner and variant of a fold)."""
     from mlx_reptilora.data import tasks
 
-    return [t for t in f.test if tasks.load(t).kind == over["only"]]
+    return tasks.load(task).kind
 
 
 def _flags(over: dict) -> list:

@@ -61,13 +61,18 @@ def exact(predictions: list[str], references: list[str], seed: int = 0) -> dict:
     return {"exact": bootstrap(hits, seed)}
 
 
+def _bin(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Each row's bin m - 1 of `bins` equal-width ones: (m-1)/M < p <= m/M, the first also 0."""
+    return np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+
+
 def ece(confidence, correct, bins: int = ECE_BINS) -> float:
     """Expected calibration error, in points: with the rows split into `bins` equal-width bins
     B_1..B_M of the top option's probability p (bin m holds (m-1)/M < p <= m/M, the first also 0),
         ECE = sum_m |B_m| / n * | acc(B_m) - conf(B_m) |,
     acc the share of right answers in the bin and conf its mean p (Guo et al., 2017)."""
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    which = _bin(confidence, bins)
     total = 0.0
     for m in range(bins):
         inside = which == m
@@ -82,7 +87,7 @@ def ece_interval(confidence, correct, seed: int = 0, samples: int = 1000, bins: 
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
     if not len(confidence):
         return [float("nan"), float("nan")]
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    which = _bin(confidence, bins)
     rng = np.random.Generator(np.random.PCG64(seed))
     idx = rng.integers(0, len(confidence), (samples, len(confidence)))
     slot = (np.arange(samples)[:, None] * bins + which[idx]).ravel()
@@ -95,7 +100,7 @@ def ece_interval(confidence, correct, seed: int = 0, samples: int = 1000, bins: 
 def reliability(confidence, correct, bins: int = ECE_BINS) -> list[dict]:
     """The reliability diagram's points: per non-empty bin, its range, rows, accuracy and confidence."""
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    which = _bin(confidence, bins)
     return [{"bin": [m / bins, (m + 1) / bins], "n": int((which == m).sum()),
              "accuracy": float(correct[which == m].mean()), "confidence": float(confidence[which == m].mean())}
             for m in range(bins) if (which == m).any()]
