@@ -14,7 +14,8 @@ export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE
 export MLX_REPTILORA_CACHE_LIMIT_GB=${MLX_REPTILORA_CACHE_LIMIT_GB:-3}
 [ -f .taskcache/tasks.tar.gz ] && tar xzf .taskcache/tasks.tar.gz -C .taskcache  # packed: fits one call beside a chunk
 [ -d .taskcache ] && export MLX_REPTILORA_TASK_CACHE=$PWD/.taskcache
-STAGES=${STAGES:-meta,test}  # STAGES=meta: all the time left to meta-training; STAGES=test: to testing
+# STAGES=meta: all the time left to meta-training; tune,test: to tuning and testing; tune: all to tuning
+STAGES=${STAGES:-meta,tune,test}
 GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
 plan=$1 budget=$2; shift 2
 EXP=/tmp/exp/$plan
@@ -38,8 +39,9 @@ pack() {  # what exists, into $OUT (at most 8 files of 16 MiB come back), under 
   (flock 9
    rm -rf /tmp/pack && mkdir -p /tmp/pack
    cd $EXP && tar czf /tmp/pack/results.tar.gz --exclude='*.safetensors' --exclude=checkpoints --exclude=predictions . 2>/dev/null
-   preds=$(find test -name predictions -type d 2>/dev/null)
-   [ -n "$preds" ] && tar czf /tmp/pack/predictions.tar.gz $preds
+   # -print0: systems such as "lora (calibrated)" have spaces in their folder names
+   [ -n "$(find test -name predictions -type d 2>/dev/null)" ] \
+     && find test -name predictions -type d -print0 | tar czf /tmp/pack/predictions.tar.gz --null -T -
    # the finished starts (adapters, config, recipe, learned rates) in 15 MiB parts with their checksums:
    # copy them and starts.sha256 into .exp/ here and carry .exp to a later lease to test them there
    tar cf - --exclude=checkpoints --exclude='*.log' --exclude=metrics.jsonl meta 2>/dev/null | split -b 15M -d - /tmp/pack/starts.tar.part
@@ -60,13 +62,14 @@ if [[ $STAGES == *meta* ]]; then
       --jobs ${JOBS:-10} --deadline $meta --batch-size 128 "$@" 2>&1 | tee $EXP/driver.log | grep -v "start "
   pack
 fi
-if [[ $STAGES == *test* ]]; then  # tuning gets TUNE_SHARE % of what is left (a third: a few short runs), testing the rest
-  for stage in tune test; do
-    d=$(( $(left) - 200 )); [ $stage = tune ] && d=$(( d * ${TUNE_SHARE:-33} / 100 )); [ $d -gt 20 ] || d=20
-    timeout $(( $(left) - 30 )) python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage $stage \
-        --jobs ${JOBS:-10} --deadline $d --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
-  done
-fi
+# tuning gets TUNE_SHARE % of what is left (a third: a few short runs), testing the rest
+for stage in tune test; do
+  [[ $STAGES == *$stage* ]] || continue
+  d=$(( $(left) - 200 )); [ $stage = tune ] && [[ $STAGES == *test* ]] && d=$(( d * ${TUNE_SHARE:-33} / 100 ))
+  [ $d -gt 20 ] || d=20
+  timeout $(( $(left) - 30 )) python3 scripts/experiment.py --plan $plan --out $EXP --model "$GGUF" --stage $stage \
+      --jobs ${JOBS:-10} --deadline $d --batch-size 128 "$@" 2>&1 | tee -a $EXP/driver.log | grep -v "start "
+done
 kill $live 2>/dev/null
 python3 scripts/experiment.py --plan $plan --out $EXP --stage report "$@" > $EXP/report.log 2>&1; tail -5 $EXP/report.log
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
