@@ -596,6 +596,30 @@ def cost(plan: Plan, out: Path) -> list[dict]:
     return found
 
 
+RELIABILITY = ("maml++", "abmll", "lora")  # the calibration target's three systems
+
+
+def reliability(plt, rows, task: str, systems: list[str], out: Path) -> None:
+    """A choice task's reliability diagram at 1 and 5 shots: accuracy against confidence per bin."""
+    shots = [k for k in (1, 5) if any(r["task"] == task and r["shots"] == k and r.get("reliability") for r in rows)]
+    if not shots or not systems:
+        return
+    fig, axes = plt.subplots(1, len(shots), figsize=(4 * len(shots), 3.6), dpi=120, squeeze=False)
+    for ax, k in zip(axes[0], shots):
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        for s in systems:
+            r = cell(rows, task, s, k)
+            if r and r.get("reliability"):
+                bins = r["reliability"]
+                ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                        label=f"{s} (ECE {r['ece']:.1f})")
+        ax.set(title=f"{task}, {k}-shot", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{task}-reliability.png")
+    plt.close(fig)
+
+
 def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = None) -> None:
     """The headline score against shots per task of `plan`; query-loss and meta-validation curves of every run
     of `full` (the plan before it was narrowed to the tasks with test rows)."""
@@ -604,11 +628,12 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = {b: f"C{i % 10}" for i, b in enumerate(dict.fromkeys(s.partition(" (")[0] for s in systems))}
     for t in plan.pool:
         if not any(r["task"] == t for r in rows):
             continue
         shots = sorted({r["shots"] for r in rows if r["task"] == t})  # 20 and 50: LoRA's data-efficiency rows
-        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+        fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
         for j, s in enumerate(systems):
             pts = [(k, cell(rows, t, s, k)) for k in shots]
             pts = [(k, r) for k, r in pts if r]
@@ -617,14 +642,17 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
             xs = [shots.index(k) + (j - len(systems) / 2) * 0.04 for k, _ in pts]
             ys = [mid(r) for _, r in pts]
             err = [[y - r[key(r)]["low"] for y, (_, r) in zip(ys, pts)], [r[key(r)]["high"] - y for y, (_, r) in zip(ys, pts)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=s)
+            learner, _, variant = s.partition(" (")  # one colour a learner, one line style a variant
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=s, color=colours[learner],
+                        ls={"calibrated)": "--", "+ in-context)": ":"}.get(variant, "-"))
         ax.set_xticks(range(len(shots)), [f"{k}-shot" for k in shots])
         metric = next(r.get("metric", "rouge") for r in rows if r["task"] == t)
         ax.set(title=f"{t} (held out)", ylabel=f"{HEADLINE[metric][1]} (x100)")
-        ax.legend(frameon=False, fontsize=7)
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
         fig.savefig(out / f"{t}.png")
         plt.close(fig)
+        reliability(plt, rows, t, [s for s in RELIABILITY if s in systems], out)
     full = full or plan
     runs = [(learner, fold, out.parent / "meta" / learner / fold / "metrics.jsonl") for learner in full.learners
             for fold in folds(full)]

@@ -207,3 +207,17 @@ def test_choice_rows_are_judged_by_accuracy_with_their_calibration():
     assert [(f["system"], f["lora_ece"]) for f in found] == [("m", 12.0), ("m (calibrated)", 6.0)]
     text = exp.table(rows, plan, ["m", "lora"])
     assert "| c | 5 | 60.00 [59.0, 61.0] | 55.00 [54.0, 56.0] |" in text and "| c | 5 | 0.600, 4.00 | 0.600, 12.00 |" in text
+
+
+def test_a_reliability_diagram_only_where_choice_rows_have_bins(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = [{"bin": [0.2, 0.4], "n": 3, "accuracy": 0.33, "confidence": 0.3}]
+    rows = [{"task": "c", "system": s, "shots": k, "metric": "accuracy", "ece": 3.0, "reliability": bins,
+             "accuracy": {"low": 40, "mid": 50, "high": 60}} for s in ("maml++", "lora") for k in (1, 5)]
+    exp.reliability(plt, rows, "c", ["maml++", "lora"], tmp_path)
+    exp.reliability(plt, [{**r, "task": "g", "reliability": None} for r in rows], "g", ["maml++"], tmp_path)
+    assert (tmp_path / "c-reliability.png").exists() and not (tmp_path / "g-reliability.png").exists()
