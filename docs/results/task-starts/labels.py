@@ -10,7 +10,10 @@ For every system, task and shot count, over the draws of the shots:
   inputs) and assumes no label is rare: an analysis of what survives adaptation, not a tuned score;
 - balanced_accuracy: the mean over right answers of their rows' accuracy (one label for all: chance);
 - ece with its 95% interval, the draws pooled as the report pools them (rows written before the
-  report had ECE intervals).
+  report had ECE intervals);
+- for calibrated systems (rows with raw_probs): prior_gap, the total variation distance between
+  the content-free prior that calibration divided by and the mean uncalibrated prediction over
+  the draw's test rows, and prior_shift, that mean's distance from uniform (medians over draws).
 
     python docs/results/task-starts/labels.py     # seconds; writes labels.json beside it
 """
@@ -44,7 +47,7 @@ def summary(rows: list[dict]) -> dict:
     draws = collections.defaultdict(list)
     for r in rows:
         draws[r["draw"]].append(r)
-    top, acc, divided, balanced = [], [], [], []
+    top, acc, divided, balanced, gap, shift = [], [], [], [], [], []
     for rs in draws.values():
         probs = np.array([r["probs"] for r in rs])
         answer = np.array([r["answer"] for r in rs])
@@ -52,17 +55,26 @@ def summary(rows: list[dict]) -> dict:
         acc.append(float((probs.argmax(1) == answer).mean()))
         divided.append(float(((probs / probs.mean(0)).argmax(1) == answer).mean()))
         balanced.append(metrics.balanced_accuracy(rs))
+        if "raw_probs" in rs[0]:
+            raw = np.array([r["raw_probs"] for r in rs])
+            free = raw / probs  # calibrated = raw / free, renormalised: free up to a factor per row
+            free = (free / free.sum(1, keepdims=True)).mean(0)
+            mean = raw.mean(0) / raw.mean(0).sum()
+            gap.append(0.5 * float(np.abs(free - mean).sum()))
+            shift.append(0.5 * float(np.abs(mean - 1 / len(mean)).sum()))
     scored = metrics.choice(rows)
     return {"draws": len(draws), "rows": len(rows), "top_share": round(float(np.mean(top)), 3),
             "accuracy": round(100 * float(np.mean(acc)), 2),
             "accuracy_prior_divided": round(100 * float(np.mean(divided)), 2),
             "balanced_accuracy": round(100 * float(np.mean(balanced)), 2),
-            "ece": scored["ece"], "ece_interval": scored["ece_interval"]}
+            "ece": scored["ece"], "ece_interval": scored["ece_interval"],
+            **({"prior_gap": round(float(np.median(gap)), 3), "prior_shift": round(float(np.median(shift)), 3)}
+               if gap else {})}
 
 
 def main():
     out = {}
-    for packed in sorted(HERE.glob("*/predictions.tar.gz")):
+    for packed in sorted(HERE.glob("*/predictions.tar.*")):
         fold = packed.parent.name
         with tarfile.open(packed) as tar:
             for system, task, k, rows in rows_of(tar):
