@@ -176,4 +176,74 @@ def test_a_choice_task_is_validated_by_accuracy_or_balanced_accuracy(tiny, how):
     rows, _ = evaluate.records(tiny, d["task"], d["valid"], evaluate.EvalConfig(task="afinn-polarity", max_length=64))
     accuracy, balanced = metrics.choice(rows)["accuracy"]["mid"], 100 * metrics.balanced_accuracy(rows)
     assert len({r["reference"] for r in rows}) == 2 and accuracy != balanced  # the case tells them apart
-    assert v.score(d) == pytest.approx(balanced if how == "balanced" else accuracy)
+    assert v.score(d) == {"score": pytest.approx(balanced if how == "balanced" else accuracy, abs=5e-4)}
+
+
+def test_calibration_is_chosen_at_the_chosen_setting_and_changes_nothing_else():
+    from mlx_reptilora.evaluation.validate import choose, grid, key as point
+    from mlx_reptilora.meta.recipe import Recipe
+
+    points = {point(r): r for r in grid(train.MetaTrainConfig(valid_lr_scales=[1.0]), Recipe("maml", "sgd", 3, 0.1))}
+    scores = {1: {"0 steps": 40.0, "3 steps, lr 0.1": 30.0, "6 steps, lr 0.1": 20.0},
+              5: {"0 steps": 40.0, "3 steps, lr 0.1": 50.0, "6 steps, lr 0.1": 45.0}}
+    # a choice task where calibration helps at 1 shot's chosen point (0 steps) and hurts at 5's, and a
+    # generation task that has no calibrated score
+    calibrated = {1: {"0 steps": 46.0, "3 steps, lr 0.1": 60.0, "6 steps, lr 0.1": 60.0},
+                  5: {"0 steps": 90.0, "3 steps, lr 0.1": 44.0, "6 steps, lr 0.1": 90.0}}
+    results = {"choice": {k: {p: {"score": v, "calibrated": calibrated[k][p], "loss": 1.0} for p, v in s.items()}
+                          for k, s in scores.items()},
+               "generate": {k: {p: {"score": v, "loss": 1.0} for p, v in s.items()} for k, s in scores.items()}}
+    plain = {t: {k: {p: {x: e[x] for x in ("score", "loss")} for p, e in v.items()} for k, v in r.items()}
+             for t, r in results.items()}
+    with_it, without = choose(results, points, [1, 5], "episode 50"), choose(plain, points, [1, 5], "episode 50")
+    by_shots = with_it["recipe"]["by_shots"]
+    assert (by_shots["1"]["calibrate"], by_shots["5"]["calibrate"]) == ("content-free", "none")
+    assert "calibrated 43.00" in by_shots["1"]["chosen_by"]
+    assert [by_shots[k]["steps"] for k in "15"] == [without["recipe"]["by_shots"][k]["steps"] for k in "15"] == [0, 3]
+    assert with_it["score"] == without["score"] and without["recipe"]["by_shots"]["1"]["calibrate"] == "none"
+    # a tie keeps the probabilities as they are
+    tied = {t: {k: {p: {**e, "calibrated": e["score"]} for p, e in v.items()} for k, v in r.items()}
+            for t, r in plain.items()}
+    assert {v["calibrate"] for v in choose(tied, points, [1, 5], "e")["recipe"]["by_shots"].values()} == {"none"}
+
+
+def test_a_validated_calibration_reaches_the_recipe_and_evaluate(model, tmp_path):
+    from mlx_reptilora.evaluation import evaluate
+    from mlx_reptilora.evaluation.validate import key as point
+    from mlx_reptilora.meta import recipe as recipes
+    from tests.test_formats import user_folders
+
+    warmth = user_folders(tmp_path / "data")["warmth"]
+    args = [*model, "--tasks", "aclsum-title", "--valid-tasks", warmth, "--support", "2", "--query", "2",
+            "--inner-steps", "1", "--max-length", "64", "--valid-every", "2", "--valid-shots", "1,2",
+            "--valid-lr-scales", "1", "--valid-limit", "4", "--eval-every", "0", "--episodes", "2", "-q"]
+    code, _, err = cli("meta-train", *args, "--valid-calibrate", "--out", tmp_path / "cal")
+    assert code == 0, err
+    code, _, err = cli("meta-train", *args, "--out", tmp_path / "plain")
+    assert code == 0, err
+    (rec,), (plain,) = valid_records(tmp_path / "cal"), valid_records(tmp_path / "plain")
+    entries = rec["valid"]["warmth"]
+    assert all(set(e) == {"loss", "score", "calibrated"} for k in entries for e in entries[k].values())
+    # the same scores, the same kept start and steps; only the recipe's calibration is new
+    assert {k: {p: {x: e[x] for x in ("loss", "score")} for p, e in v.items()} for k, v in entries.items()} \
+        == plain["valid"]["warmth"]
+    kept = [(tmp_path / run / "adapters.safetensors").read_bytes() for run in ("cal", "plain")]
+    assert kept[0] == kept[1]
+    for k, chosen in rec["recipe"]["by_shots"].items():
+        at = entries[k][point(recipes.Recipe(**chosen))]
+        helps = at["calibrated"] > at["score"]
+        assert chosen["calibrate"] == ("content-free" if helps else "none")
+        assert evaluate.calibration_of(str(tmp_path / "cal"), int(k)) == chosen["calibrate"]
+    assert evaluate.calibration_of(str(tmp_path / "plain"), 1) == "none" and evaluate.calibration_of(None, 1) == "none"
+
+
+def test_a_recipe_carries_its_calibration_and_older_ones_read_as_none(tmp_path):
+    from mlx_reptilora.meta import recipe as recipes
+
+    chosen = recipes.Recipe("maml", "sgd", 3, 0.1, calibrate="content-free")
+    recipes.write(tmp_path, {**recipes.as_dict(chosen), "by_shots": {"1": recipes.as_dict(chosen)}}, {})
+    assert recipes.read(tmp_path, shots=0).calibrate == "content-free"
+    assert recipes.read(tmp_path).describe() == "sgd, 3 steps, lr 0.1, choice tasks calibrated (content-free)"
+    older = {k: v for k, v in recipes.as_dict(chosen).items() if k != "calibrate"}
+    recipes.write(tmp_path, older, {})
+    assert recipes.read(tmp_path).calibrate == "none" and recipes.read(tmp_path).describe() == "sgd, 3 steps, lr 0.1"

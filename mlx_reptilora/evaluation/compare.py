@@ -123,6 +123,9 @@ def _run(cfg: CompareConfig) -> dict:
         print(f"start: {adapters.origin(cfg.adapters)}")
         for (s, k), p in plans.items():
             print(f"{label(s, start_label)} adapts at {k} shot{'s' * (k != 1)} with: {p.describe()} ({p.chosen_by})")
+    # --calibrate auto: the start's systems as its recipe for k shots chose, LoRA and in-context none
+    calibration = {k: evaluate.calibration_of(cfg.adapters, k) if cfg.calibrate == "auto" else cfg.calibrate
+                   for k in cfg.shots}
     cells = list(_cells(cfg, loaded))
     progress = Progress(len(cells), quiet=cfg.quiet)
     rows = []
@@ -145,13 +148,14 @@ def _run(cfg: CompareConfig) -> dict:
             ecfg = evaluate.EvalConfig(task=name, split=cfg.split, limit=cfg.limit, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,
                                        in_context=k if system in ("in-context", "meta+in-context") else 0,
-                                       calibrate=cfg.calibrate, shots=k, seed=seed, quiet=True)
+                                       calibrate=calibration[k] if adapted.get(system, system) == "meta"
+                                       else cfg.calibrate.replace("auto", "none"), shots=k, seed=seed, quiet=True)
             drawn = begin.samples(cfg.samples) if task.kind == "choice" and system != "in-context" else []
             result = evaluate.evaluate(base, task, ecfg, samples=drawn, shots=shown)
             records += [{"draw": d, **p} for p in result["_predictions"]]
         row = {"task": name, "system": system, "shots": k, "draws": cfg.draws if k else 1, "n": len(records),
                "kind": task.kind, "metric": task.metric, **metrics.score(task.metric, records, cfg.seed),
-               **({"steps": steps} if steps else {})}
+               **({"steps": steps} if steps else {}), **({"calibrate": ecfg.calibrate} if task.kind == "choice" else {})}
         rows.append(row)
         (out / "predictions").mkdir(exist_ok=True)
         atomic_write_text(out / "predictions" / f"{name}-{system}-{k}shot.jsonl",

@@ -15,7 +15,7 @@ import numpy as np
 from .. import options
 from ..data import episodes, prompts, tasks
 from . import charts, metrics, scoring
-from ..meta import start as starts
+from ..meta import recipe as recipes, start as starts
 from ..model import adapters, hub, models
 from ..options import option
 from ..errors import UserError
@@ -40,11 +40,12 @@ class EvalOptions:
     in_context_length: int | None = option(None, "max tokens of an in-context prompt", min=16,
                                            default_text="--max-length x (shots + 1): each document keeps the "
                                                         "room it has alone")
-    calibrate: str = option("none", "a choice task's option probabilities: none, or content-free: divided by "
+    calibrate: str = option("auto", "a choice task's option probabilities: none; content-free: divided by "
                                     "those each option gets after the inputs 'N/A', '' and '[MASK]' (contextual "
                                     "calibration, Zhao et al. 2021), which takes out a preference for some "
-                                    "answers that the prompt or a few shots give every row",
-                            choices=("none", "content-free"))
+                                    "answers that the prompt or a few shots give every row; auto: what the "
+                                    "start's meta-validation chose (meta-train --valid-calibrate), else none",
+                            choices=("auto", "none", "content-free"))
 
 
 @dataclass
@@ -149,6 +150,18 @@ def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: 
     return [{"prediction": p, "reference": e.target} for p, e in zip(texts, exs)], speed
 
 
+def calibration_of(folder: str | None, shots: int) -> str:
+    """--calibrate auto: the calibration of the recipe a folder was adapted with (adapt records it),
+    or of a start's recipe for `shots` shots (the nearest validated count); none without a recipe."""
+    if not folder:
+        return "none"
+    used = adapters.recorded(folder, "recipe")
+    if used:
+        return used.get("calibrate", "none")
+    recipe = recipes.read(folder, shots=shots)
+    return recipe.calibrate if recipe else "none"
+
+
 def choice_rows(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: EvalConfig,
                 samples: list[dict] | None, shots: list[tasks.Example] | None) -> list[dict]:
     """A choice task's option probabilities for `exs`, averaged over `samples` where given."""
@@ -203,6 +216,8 @@ def run(cfg: EvalConfig) -> dict:
                         f"adapt it (mlx-reptilora adapt --shots K) and evaluate what that writes, or compare it")
     if cfg.shots is None:
         cfg.shots = adapters.recorded(cfg.adapters, "shots", 0)
+    if cfg.calibrate == "auto":
+        cfg.calibrate = calibration_of(cfg.adapters, cfg.shots)
     base = models.load(cfg.model, cfg.dtype, cfg.quantize, verbose=not cfg.quiet)
     if start is not None:
         hub.check_base(cfg.adapters, base)

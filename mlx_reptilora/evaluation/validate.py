@@ -4,7 +4,8 @@ learning-rate scale, and 0 steps: the start as it is), and scored on the task's 
 loss and the task's own headline score (ROUGE-L or exact match of greedy generations, a choice
 task's accuracy or balanced accuracy, a text task's negative loss). For each shot count the best
 grid point becomes that count's recipe, so a start whose adaptation at k shots scores below no
-adaptation at all is adapted with 0 steps at k. meta-train keeps the θ whose per-count best points
+adaptation at all is adapted with 0 steps at k; with --valid-calibrate the recipe also says whether
+content-free calibration raised that point's mean score. meta-train keeps the θ whose per-count best points
 score highest on average (early stopping) and writes their recipes into the start, so `adapt` uses
 what held-out tasks chose.
 
@@ -26,7 +27,7 @@ from ..meta.config import MetaTrainConfig
 from ..meta.inner_config import bucket_lengths
 from ..meta.setup import Setup
 from ..meta.start import Start
-from . import evaluate, metrics
+from . import evaluate, metrics, scoring
 
 
 def grid(cfg: MetaTrainConfig, recipe: recipes.Recipe) -> list[recipes.Recipe]:
@@ -66,7 +67,8 @@ class Validator:
                 "tokenized": [x for x in prompts.tokenize(prompts.PromptFormat.for_task(tok, t), tok,
                                                           exs, cfg.max_length) if x is not None],
                 "prompts": prompts.in_context(tok, [], exs, cfg.max_length, t.instruction) if t.kind == "generate" else None,
-                "max_new_tokens": evaluate.max_new_tokens(t, tok) if t.kind == "generate" else None}
+                "max_new_tokens": evaluate.max_new_tokens(t, tok) if t.kind == "generate" else None,
+                "free": scoring.content_free(exs) if t.kind == "choice" and cfg.valid_calibrate else None}
         # loops of their own, reused across validations: meta-training's loop (and a carried
         # optimizer's state) is never touched
         self._loop = Loops(s.base.model, lambda r, **over: cfg.inner_config(r.steps, r.lr, r.optimizer, **over),
@@ -87,19 +89,27 @@ class Validator:
                         continue
                     inner = self._loop(r)
                     adapt(start, inner, shots, r)
-                    results[name][k][point] = {"loss": round(inner.loss(d["tokenized"]), 4),
-                                               "score": round(self.score(d), 3)}
+                    results[name][k][point] = {"loss": round(inner.loss(d["tokenized"]), 4), **self.score(d)}
                     if r.steps == 0:
                         unadapted = results[name][k][point] if start.is_point else None
         return {"episode": episode, "metrics": {n: d["task"].metric for n, d in self.data.items()}, "valid": results,
                 **choose(results, points, list(self.cfg.valid_shots), f"episode {episode + 1}")}
 
 
-    def score(self, d: dict) -> float:
-        """The task's headline score for the adapters in the model, higher better."""
+    def score(self, d: dict) -> dict:
+        """The task's headline score for the adapters in the model, higher better ({"score"}), and
+        with --valid-calibrate on a choice task the same rows' score calibrated ({"calibrated"})."""
         t = d["task"]
-        ecfg = evaluate.EvalConfig(task=t.name, batch_size=self.cfg.valid_batch_size, max_length=self.cfg.max_length)
+        ecfg = evaluate.EvalConfig(task=t.name, batch_size=self.cfg.valid_batch_size, max_length=self.cfg.max_length,
+                                   calibrate="none")
         rows, _ = evaluate.records(self.s.base, t, d["valid"], ecfg, d["prompts"], d["max_new_tokens"])
+        out = {"score": round(self.headline(t, rows), 3)}
+        if d["free"]:  # the content-free inputs' passes only: the rows' own are shared
+            free_rows = evaluate.choice_rows(self.s.base, t, d["free"], ecfg, None, None)
+            out["calibrated"] = round(self.headline(t, scoring.calibrated(d["valid"], rows, d["free"], free_rows)), 3)
+        return out
+
+    def headline(self, t: tasks.Task, rows: list[dict]) -> float:
         if t.kind == "choice" and self.cfg.valid_choice_score == "balanced":
             # adapting on a few shots can move only the label prior (every row given the shots'
             # answer); accuracy rewards that wherever one answer is common
@@ -117,7 +127,7 @@ def choose(results: dict, points: dict[str, recipes.Recipe], counts: list[int], 
     score and loss average those best points over the counts; the top-level recipe is the best single
     point over every count. {"means", "score", "loss", "recipe"}."""
     def mean(metric: str, p: str, ks) -> float:
-        get = _score if metric == "score" else (lambda e: e[metric])
+        get = {"score": _score, "calibrated": lambda e: e.get("calibrated", _score(e))}.get(metric, lambda e: e[metric])
         return float(np.mean([get(results[n][k][p]) for n in results for k in ks]))
 
     def best(ks) -> str:
@@ -128,7 +138,12 @@ def choose(results: dict, points: dict[str, recipes.Recipe], counts: list[int], 
                 f"{mean('score', p, ks):.2f}, best of {len(points)} settings")
         if points[p].steps == 0:
             said += " (adapting scored lower than the start as it is)"
-        return recipes.as_dict(replace(points[p], chosen_by=said))
+        # calibration is judged at the chosen setting, so the kept start and its steps are what they
+        # are without it; a tie keeps the probabilities as they are
+        calibrate = "content-free" if mean("calibrated", p, ks) > mean("score", p, ks) else "none"
+        if any("calibrated" in results[n][k][p] for n in results for k in ks):
+            said += f"; calibrated {mean('calibrated', p, ks):.2f}"
+        return recipes.as_dict(replace(points[p], chosen_by=said, calibrate=calibrate))
 
     per_count = {k: best([k]) for k in counts}
     recipe = {**chosen(best(counts), counts, f"{', '.join(map(str, counts))} shots"),

@@ -37,6 +37,7 @@ class Recipe:
     scale: float = 1.0  # learned rates are multiplied by this (meta-validation may choose it)
     rates: dict = field(default_factory=dict, repr=False)  # the learned rates, from learned_lr.safetensors
     shots: int | None = None  # the shot count this recipe was validated at (None: not per shot count)
+    calibrate: str = "none"  # a choice task's probabilities: none, or content-free (meta-validation may choose it)
 
     def rate(self, t: int):
         """Step t's learning rate: one float, or {name: scalar or array} when learned."""
@@ -53,7 +54,8 @@ class Recipe:
         if self.learned_lr and self.scale != 1:
             lr += f" x {self.scale:g}"
         steps = f"0 to {2 * self.steps} steps, chosen on held-out shots" if self.auto else f"{self.steps} steps"
-        return f"{self.optimizer}, {steps}, {lr}"
+        calibrated = ", choice tasks calibrated (content-free)" if self.calibrate != "none" else ""
+        return f"{self.optimizer}, {steps}, {lr}{calibrated}"
 
 
 def write(folder: str | Path, recipe: dict, rates: dict) -> None:
@@ -82,7 +84,8 @@ def read(folder: str | Path | None, shots: int | None = None) -> Recipe | None:
             raw = {**by_shots[count], "shots": count}
         recipe = Recipe(**{k: raw[k] for k in ("learner", "optimizer", "steps", "lr")},
                         learned_lr=raw.get("learned_lr"), chosen_by=raw.get("chosen_by", "the meta-training settings"),
-                        auto=bool(raw.get("auto", False)), scale=float(raw.get("scale", 1.0)), shots=raw.get("shots"))
+                        auto=bool(raw.get("auto", False)), scale=float(raw.get("scale", 1.0)), shots=raw.get("shots"),
+                        calibrate=str(raw.get("calibrate", "none")))
         if recipe.learned_lr:
             recipe.rates = mx.load(str(Path(folder) / LEARNED))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:

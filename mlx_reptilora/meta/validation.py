@@ -35,6 +35,10 @@ class ValidOptions:
                                                  "mean over right answers of their rows' accuracy, so answering "
                                                  "every row alike scores chance however the answers are "
                                                  "balanced)", choices=("accuracy", "balanced"))
+    valid_calibrate: bool = option(False, "also score choice tasks with content-free calibration at each shot "
+                                          "count's chosen setting; where that scores higher on average, the "
+                                          "recipe says so and evaluate, compare (--calibrate auto) apply it. "
+                                          "Which start is kept and its steps are chosen as without it")
     valid_limit: int = option(32, "valid-split examples scored per validation task", min=1)
     valid_batch_size: int = option(32, "sequences generated or scored together in validation", min=1)
 
