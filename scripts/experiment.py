@@ -78,6 +78,8 @@ RECOMMENDED = {k.replace("-", "_"): v for k, v in
 DEFAULTS_TRAIN = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc", "pydoc-name"]
 SECOND_ORDER = {"support": 5, "query": 8, "inner_steps": 3, "inner_lr": 0.1, "inner_optimizer": "sgd", "outer_lr": 1e-3}
 VALIDATE = {"validate": True, "valid_every": 50}
+# issue #28's starts also learn on validation whether content-free calibration helps their choice tasks
+VALIDATE_28 = {**VALIDATE, "valid_calibrate": True}
 
 
 POOL_61 = ["aclsum-challenge", "aclsum-approach", "aclsum-outcome", "aclsum-title", "pydoc", "pydoc-name", "numpy-doc",
@@ -168,15 +170,15 @@ PLANS = {
         common={"episodes": 150, "max_length": 512, "eval_every": 10, "checkpoint_every": 10, "keep_checkpoints": 2,
                 "micro_batch": 8, "valid_limit": 32},
         learners={"maml++": {"learner": "maml", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20,
-                             **SECOND_ORDER, **VALIDATE},
+                             **SECOND_ORDER, **VALIDATE_28},
                   "hyper": {"learner": "hyper", "lslr": True, "multi_step_loss": 50, "first_order_episodes": 20,
-                            **SECOND_ORDER, **VALIDATE},
+                            **SECOND_ORDER, **VALIDATE_28},
                   # the generator's alternative: a head per kind writing one rank's row at a time (Text-to-LoRA's S)
                   "hyper-rank": {"learner": "hyper", "hyper_generator": "rank", "lslr": True, "multi_step_loss": 50,
-                                 "first_order_episodes": 20, **SECOND_ORDER, **VALIDATE},
+                                 "first_order_episodes": 20, **SECOND_ORDER, **VALIDATE_28},
                   # log σ's own outer step: at the outer 3e-4 the prior's width cannot move (RESULTS, abmll-small)
                   "abmll": {"learner": "abmll", **{k: v for k, v in SECOND_ORDER.items() if k != "inner_optimizer"},
-                            "abmll_sigma_lr": 1e-2, **VALIDATE},
+                            "abmll_sigma_lr": 1e-2, **VALIDATE_28},
                   "reptile": PAPER_REPTILE},
         baselines={"lora": {"systems": "lora", "tune_steps": [7, 21]},
                    "lora-data": {"systems": "lora", "shots": "20,50", "tune_steps": [7, 21, 63], "tune_shots": [20, 50]},
@@ -189,7 +191,9 @@ PLANS = {
                    "in-context (calibrated)": {"systems": "in-context", "shots": "1,5", "in_context_length": 2048,
                                                "batch_size": 16, "calibrate": "content-free", "only": "choice"}},
         variants={"+ in-context": {"systems": "meta+in-context", "shots": "1,5", "in_context_length": 2048},
-                  "calibrated": {"calibrate": "content-free", "only": "choice"}}),
+                  "calibrated": {"calibrate": "content-free", "only": "choice"},
+                  # what each start's meta-validation chose, per shot count (--valid-calibrate)
+                  "calibration validated": {"calibrate": "auto", "only": "choice"}}),
 }
 
 
@@ -198,7 +202,7 @@ def tested(plan: Plan, names=None) -> dict[str, tuple[str, str, dict]]:
     folder under test/, extra compare settings). A variant is "maml++ (steps auto)" in test/maml++
     +steps-auto/."""
     names = list(names or plan.learners)
-    out = {x: (x, x, {}) for x in names}
+    out = {x: (x, x, {"calibrate": "none"}) for x in names}  # a start as it is; its variants say otherwise
     out.update({f"{x} ({v})": (x, f"{x}+{v.replace(' ', '-')}", over) for x in names for v, over in plan.variants.items()})
     return out
 
