@@ -5,9 +5,9 @@ loss and the task's own headline score (ROUGE-L or exact match of greedy generat
 task's accuracy or balanced accuracy, a text task's negative loss). For each shot count the best
 grid point becomes that count's recipe, so a start whose adaptation at k shots scores below no
 adaptation at all is adapted with 0 steps at k; with --valid-calibrate the recipe also says whether
-content-free calibration raised that point's mean score. meta-train keeps the θ whose per-count best points
-score highest on average (early stopping) and writes their recipes into the start, so `adapt` uses
-what held-out tasks chose.
+content-free calibration raised that point's mean score. meta-train keeps the θ whose per-count
+best points score highest on average (early stopping) and writes their recipes into the start, so
+`adapt` uses what held-out tasks chose.
 
 Validation lives here, above the meta layer, because it generates and scores; meta/validation.py
 declares the hook (`hook` below) and the commands wire it in.

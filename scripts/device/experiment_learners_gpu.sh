@@ -3,7 +3,8 @@
 # (aclsum, rouge-score, nltk, typer, pydantic and their pure-Python dependencies, plus pydantic-core's
 # wheel for the machine's Python: pip download --only-binary=:all: --python-version 3.12
 # --platform manylinux2014_x86_64 pydantic-core) and, for the pool's
-# Debian corpora, .taskcache (a copy of ~/.cache/mlx-reptilora/tasks made where they are installed):
+# Debian corpora, .taskcache (`python scripts/device/pack_taskcache.py` where they are installed: one
+# parsed JSON per corpus, as the portable cache here requires):
 # scripts/experiment.py for one plan within $2 seconds of lent time, every stage time-boxed, and what
 # exists packed into $OUT.
 # A later lease carries the packed starts back as .exp/ and the driver skips what is done.
