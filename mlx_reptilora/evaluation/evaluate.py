@@ -142,8 +142,7 @@ def records(base: models.Base, task: tasks.Task, exs: list[tasks.Example], cfg: 
     if task.kind == "choice":
         rows = choice_rows(base, task, exs, cfg, samples, shots)
         if cfg.calibrate == "content-free":
-            free = scoring.content_free(exs)
-            rows = scoring.calibrated(exs, rows, free, choice_rows(base, task, free, cfg, samples, shots))
+            rows = calibrated_rows(base, task, exs, rows, cfg, samples, shots)
         return rows, {"seconds": round(time.perf_counter() - t, 2)}
     prompt_ids = prompt_ids if prompt_ids is not None else prompts_for(base, task, exs, cfg, shots)
     texts, speed = generate(base, prompt_ids, max_tokens or max_new_tokens(task, base.tokenizer), cfg.batch_size)
@@ -176,6 +175,14 @@ def choice_rows(base: models.Base, task: tasks.Task, exs: list[tasks.Example], c
         runs.append(score())
     adapters.set_weights(base.model, held)
     return scoring.averaged(exs, runs)
+
+
+def calibrated_rows(base: models.Base, task: tasks.Task, exs: list[tasks.Example], rows: list[dict], cfg: EvalConfig,
+                    samples: list[dict] | None = None, shots: list[tasks.Example] | None = None) -> list[dict]:
+    """A choice task's `rows` (choice_rows of `exs`) with content-free calibration: only the
+    content-free inputs go through the model, under the same prompt, shots and samples."""
+    free = scoring.content_free(exs)
+    return scoring.calibrated(exs, rows, free, choice_rows(base, task, free, cfg, samples, shots))
 
 
 def evaluate(base: models.Base, task: tasks.Task, cfg: EvalConfig, samples: list[dict] | None = None,

@@ -27,7 +27,7 @@ from ..meta.config import MetaTrainConfig
 from ..meta.inner_config import bucket_lengths
 from ..meta.setup import Setup
 from ..meta.start import Start
-from . import evaluate, metrics, scoring
+from . import evaluate, metrics
 
 
 def grid(cfg: MetaTrainConfig, recipe: recipes.Recipe) -> list[recipes.Recipe]:
@@ -68,7 +68,7 @@ class Validator:
                                                           exs, cfg.max_length) if x is not None],
                 "prompts": prompts.in_context(tok, [], exs, cfg.max_length, t.instruction) if t.kind == "generate" else None,
                 "max_new_tokens": evaluate.max_new_tokens(t, tok) if t.kind == "generate" else None,
-                "free": scoring.content_free(exs) if t.kind == "choice" and cfg.valid_calibrate else None}
+                "calibrate": t.kind == "choice" and cfg.valid_calibrate}
         # loops of their own, reused across validations: meta-training's loop (and a carried
         # optimizer's state) is never touched
         self._loop = Loops(s.base.model, lambda r, **over: cfg.inner_config(r.steps, r.lr, r.optimizer, **over),
@@ -104,9 +104,8 @@ class Validator:
                                    calibrate="none")
         rows, _ = evaluate.records(self.s.base, t, d["valid"], ecfg, d["prompts"], d["max_new_tokens"])
         out = {"score": round(self.headline(t, rows), 3)}
-        if d["free"]:  # the content-free inputs' passes only: the rows' own are shared
-            free_rows = evaluate.choice_rows(self.s.base, t, d["free"], ecfg, None, None)
-            out["calibrated"] = round(self.headline(t, scoring.calibrated(d["valid"], rows, d["free"], free_rows)), 3)
+        if d["calibrate"]:  # the rows' own passes are shared
+            out["calibrated"] = round(self.headline(t, evaluate.calibrated_rows(self.s.base, t, d["valid"], rows, ecfg)), 3)
         return out
 
     def headline(self, t: tasks.Task, rows: list[dict]) -> float:

@@ -20,7 +20,7 @@ import mlx_reptilora  # noqa: F401  first: it preloads OpenBLAS before MLX loads
 import numpy as np
 
 from mlx_reptilora.data import episodes, tasks
-from mlx_reptilora.evaluation import evaluate, metrics, scoring
+from mlx_reptilora.evaluation import evaluate, metrics
 from mlx_reptilora.evaluation.adapt import DEFAULT, AdaptOptions
 from mlx_reptilora.meta import start as starts
 from mlx_reptilora.meta.adaptation import Loops, adapt
@@ -40,8 +40,7 @@ def scores(rows) -> dict:
 
 def both(base, task, exs, ecfg) -> dict:
     rows = evaluate.choice_rows(base, task, exs, ecfg, None, None)
-    free = scoring.content_free(exs)
-    cal = scoring.calibrated(exs, rows, free, evaluate.choice_rows(base, task, free, ecfg, None, None))
+    cal = evaluate.calibrated_rows(base, task, exs, rows, ecfg)
     return {"raw": scores(rows), "calibrated": scores(cal)}
 
 
