@@ -600,6 +600,7 @@ def cost(plan: Plan, out: Path) -> list[dict]:
     return found
 
 
+LINE_STYLES = {"calibrated": "--", "calibration validated": "-.", "+ in-context": ":"}  # a variant's, in charts
 RELIABILITY = ("maml++", "abmll", "lora")  # the calibration target's three systems
 
 
@@ -648,7 +649,7 @@ def charts(rows, plan: Plan, systems: list[str], out: Path, full: Plan | None = 
             err = [[y - r[key(r)]["low"] for y, (_, r) in zip(ys, pts)], [r[key(r)]["high"] - y for y, (_, r) in zip(ys, pts)]]
             learner, _, variant = s.partition(" (")  # one colour a learner, one line style a variant
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=s, color=colours[learner],
-                        ls={"calibrated)": "--", "+ in-context)": ":"}.get(variant, "-"))
+                        ls=LINE_STYLES.get(variant.rstrip(")"), "-"))
         ax.set_xticks(range(len(shots)), [f"{k}-shot" for k in shots])
         metric = next(r.get("metric", "rouge") for r in rows if r["task"] == t)
         ax.set(title=f"{t} (held out)", ylabel=f"{HEADLINE[metric][1]} (x100)")

@@ -126,6 +126,7 @@ def _run(cfg: CompareConfig) -> dict:
     # --calibrate auto: the start's systems as its recipe for k shots chose, LoRA and in-context none
     calibration = {k: evaluate.calibration_of(cfg.adapters, k) if cfg.calibrate == "auto" else cfg.calibrate
                    for k in cfg.shots}
+    uncalibrated = "none" if cfg.calibrate == "auto" else cfg.calibrate
     cells = list(_cells(cfg, loaded))
     progress = Progress(len(cells), quiet=cfg.quiet)
     rows = []
@@ -149,7 +150,7 @@ def _run(cfg: CompareConfig) -> dict:
                                        max_length=cfg.max_length, in_context_length=cfg.in_context_length,
                                        in_context=k if system in ("in-context", "meta+in-context") else 0,
                                        calibrate=calibration[k] if adapted.get(system, system) == "meta"
-                                       else cfg.calibrate.replace("auto", "none"), shots=k, seed=seed, quiet=True)
+                                       else uncalibrated, shots=k, seed=seed, quiet=True)
             drawn = begin.samples(cfg.samples) if task.kind == "choice" and system != "in-context" else []
             result = evaluate.evaluate(base, task, ecfg, samples=drawn, shots=shown)
             records += [{"draw": d, **p} for p in result["_predictions"]]
