@@ -336,7 +336,7 @@ def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
     adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.1))
     inner = InnerLoop(tiny.model, InnerConfig(steps=1, micro_batch=2), [64, 128])
     theta = inner.weights()
-    one, two = inner._probe(1, 128, False), inner._probe(2, 128, False)
+    one, two = memory.probe(inner, 1, 128, False), memory.probe(inner, 2, 128, False)
     per_row = two - one
     fixed = max(one - per_row, 0)  # what a step holds whatever its rows (about 0 on this tiny model)
     assert per_row > 0
@@ -349,7 +349,45 @@ def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
     assert all(mx.array_equal(theta[k], inner.weights()[k]) for k in theta)  # and the adapters
     assert chosen == [1, 4, 32]
     assert inner.fit_micro_batch(5, free=int(1e12))[0] == 8 and inner.fit_micro_batch(1)[0] == 1
-    assert inner._probe(2, 128, True) > two  # a Hessian-vector product holds more than a gradient
+    assert memory.probe(inner, 2, 128, True) > two  # a Hessian-vector product holds more than a gradient
+
+
+@pytest.fixture
+def own_limit(monkeypatch):
+    """MLX's memory limit and the derived limit's record as they were, after the test."""
+    held = mx.get_memory_limit()
+    monkeypatch.setattr(memory, "_limits", {"ceiling": None, "need": 0})
+    monkeypatch.delenv("MLX_REPTILORA_MEMORY_LIMIT_GB", raising=False)
+    yield
+    mx.set_memory_limit(held)
+
+
+def test_derived_memory_limit_is_the_largest_need_and_changes_no_number(tiny, own_limit, monkeypatch):
+    adapters.attach(tiny.model, adapters.LoraConfig(rank=4, dropout=0.1))
+    fmt = prompts.PromptFormat.for_task(tiny.tokenizer, spec := tasks.load("pydoc"))
+    rows = prompts.tokenize(fmt, tiny.tokenizer, spec.splits["train"][:4], 128)
+    theta, ceiling, grads = None, mx.get_memory_limit(), {}
+    for mode in ("none", "need"):
+        inner = InnerLoop(tiny.model, InnerConfig(steps=1, micro_batch=2, memory_limit=mode), [64, 128])
+        theta = theta or inner.weights()
+        inner.set_weights(theta)
+        mx.random.seed(3)
+        grads[mode] = inner.gradient(rows)[1]
+        assert memory.derived_limit() is None if mode == "none" else memory.derived_limit() > 0
+    assert all(mx.array_equal(grads["none"][k], grads["need"][k]) for k in grads["none"])
+    need = memory.derived_limit()
+    assert mx.get_memory_limit() == need < ceiling
+    assert memory.free_memory() >= ceiling - mx.get_active_memory() - 1  # a throttle, not what fits a micro-batch
+    inner.gradient(rows)  # the same shapes: measured once
+    assert memory.derived_limit() == need and len(inner._need.seen) == len({("gradient", *[a.shape for a in
+                                                                               losses.batch_arrays(b)])
+                                                                              for b in inner.batches(rows)})
+    monkeypatch.setenv("MLX_REPTILORA_MEMORY_LIMIT_GB", "3")  # a limit of the user's own: nothing derived
+    assert not memory.derives_limit("auto") and not memory.derives_limit("need")
+    monkeypatch.delenv("MLX_REPTILORA_MEMORY_LIMIT_GB")
+    assert not memory.derives_limit("auto")  # auto is CUDA's (this runs on the CPU)
+    with pytest.raises(UserError, match="--memory-limit 'some'"):
+        memory.derives_limit("some")
     # micro_batch None: measured where measures() (a GPU), said once; a CPU takes CPU_MICRO_BATCH
     assert InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=8).cfg.micro_batch == 4
     monkeypatch.setattr(memory, "measures", lambda: True)

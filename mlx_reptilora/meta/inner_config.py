@@ -37,6 +37,11 @@ class StepOptions:
                                         "gradients and the optimizer stay float32)", choices=activations.LORA_DTYPES)
     recompute_swiglu: bool = option(False, "recompute silu(gate) * up in the backward pass instead of keeping it "
                                            "(llama-family MLPs): less memory at about the same speed")
+    memory_limit: str = option("auto", "need: each step shape's first step runs under a memory limit at what is "
+                                       "held, and every later step under the largest peak that measured (on CUDA the "
+                                       "buffers of queued kernels otherwise raise the peak; MLX_REPTILORA_MEMORY_LIMIT_GB "
+                                       "sets a fixed one instead); none: MLX's own limit; auto: need on CUDA",
+                               choices=memory.LIMITS)
     fused_lora: bool = option(False, "the LoRA branch with a hand-written backward that draws the dropout mask "
                                      "again instead of keeping it and the dropped input: keeps less for the backward, "
                                      "though on CUDA the peak does not fall (its masks come from keys of its own, so "

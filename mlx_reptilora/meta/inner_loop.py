@@ -61,6 +61,7 @@ class InnerLoop:
         self.optimizer.init(model.trainable_parameters())
         self._fresh = _copy(self.optimizer.state)
         self.traces = 0  # how often a compiled function was traced (tests: no retrace per episode)
+        self._need = memory.NeedLimit(cfg.memory_limit)  # the derived memory limit (--memory-limit)
         dense = quantized.is_dense(cfg.quantized_matmul)
         activations.check(model, cfg.lora_dtype, cfg.recompute_swiglu)
 
@@ -107,9 +108,6 @@ class InnerLoop:
     def fit_micro_batch(self, rows: int, second_order: bool = False, free: int | None = None) -> tuple[int, str]:
         return memory.fit_micro_batch(self, rows, second_order, free)
 
-    def _probe(self, rows: int, length: int, second_order: bool) -> int:
-        return memory.probe(self, rows, length, second_order)
-
     # -- state ------------------------------------------------------------------------------
     def reset_optimizer(self) -> None:
         """A fresh optimizer for a new task, restored in place (the compiled update holds this dict)."""
@@ -132,9 +130,10 @@ class InnerLoop:
         """Summed token loss, summed gradient (nested, as the model holds it) and token count."""
         total, grads, n = 0.0, None, 0
         for b in batches:
-            loss, g = self._grad(*batch_arrays(b))
-            grads = g if grads is None else tree_map(mx.add, grads, g)
-            mx.eval(loss, grads)  # one micro-batch's activations alive at a time
+            with self._need.first("gradient", arrays := batch_arrays(b)):
+                loss, g = self._grad(*arrays)
+                grads = g if grads is None else tree_map(mx.add, grads, g)
+                mx.eval(loss, grads)  # one micro-batch's activations alive at a time
             total += loss.item()
             n += b.n_targets
         if not math.isfinite(total):
@@ -163,9 +162,10 @@ class InnerLoop:
         try:
             with graph.twice_differentiable():
                 for b in batches:
-                    hv = self._hvp(params, v, *batch_arrays(b))
-                    out = hv if out is None else tree_map(mx.add, out, hv)
-                    mx.eval(out)
+                    with self._need.first("hvp", arrays := batch_arrays(b)):
+                        hv = self._hvp(params, v, *arrays)
+                        out = hv if out is None else tree_map(mx.add, out, hv)
+                        mx.eval(out)
                     n += b.n_targets
         finally:
             self.model.update(params)  # the real adapters back, even if tracing failed half-way

@@ -1,8 +1,14 @@
-"""How many examples a training step takes per forward pass: on a GPU, the largest power of two
-whose measured step fits in the free memory; on a CPU, a fixed few (its memory is the host's, and
-MLX's CPU backend gains nothing from wider passes)."""
+"""How much memory training steps take:
+- the micro-batch, how many examples a step takes per forward pass: on a GPU, the largest power of
+  two whose measured step fits in the free memory; on a CPU, a fixed few (its memory is the host's,
+  and MLX's CPU backend gains nothing from wider passes);
+- the derived memory limit (--memory-limit): each step shape's first step measures what it needs,
+  and every step after runs under the largest need."""
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 import mlx.core as mx
 import numpy as np
@@ -12,6 +18,8 @@ from . import backend
 
 FILL = 0.8  # of the free memory an automatic micro-batch may take: the rest for fragmentation and the rest of a step
 CPU_MICRO_BATCH = 4
+LIMITS = ("auto", "need", "none")
+_limits = {"ceiling": None, "need": 0}  # this process's: MLX's limit before any was derived, the largest need
 
 
 def measures() -> bool:
@@ -24,7 +32,7 @@ def free_memory() -> int:
     more than the device's free memory (other processes count) plus MLX's own cached buffers; on
     Metal, no more than the recommended working set."""
     active = mx.get_active_memory()
-    free = mx.get_memory_limit() - active
+    free = (_limits["ceiling"] or mx.get_memory_limit()) - active  # a derived limit throttles, it does not bound
     info = mx.device_info() if hasattr(mx, "device_info") else {}
     if "free_memory" in info:
         free = min(free, int(info["free_memory"]) + mx.get_cache_memory())
@@ -79,3 +87,59 @@ def probe(loop, rows: int, length: int, second_order: bool) -> int:
         loop.set_weights(weights)
         mx.random.seed((key[0] << 32) | key[1])  # the key as it was: a seed of 64 bits is the key
         mx.reset_peak_memory()
+
+
+def derives_limit(mode: str) -> bool:
+    """Whether training steps run under a limit derived from their need (--memory-limit): `need`
+    always, `none` never, `auto` on CUDA, where the host runs ahead of the GPU and the buffers of
+    queued kernels raise the peak by a third (benchmarks/RESULTS.md), unless
+    MLX_REPTILORA_MEMORY_LIMIT_GB sets a limit of its own."""
+    if mode not in LIMITS:
+        from ..errors import UserError
+
+        raise UserError(f"--memory-limit {mode!r}: choose one of {', '.join(LIMITS)}")
+    if mode == "none" or os.environ.get("MLX_REPTILORA_MEMORY_LIMIT_GB"):
+        return False
+    return mode == "need" or backend.backend_name() == "cuda"
+
+
+class NeedLimit:
+    """The derived limit's rule (benchmarks/RESULTS.md, "The derived limit's rule"): the first step
+    of each shape runs under a limit at the memory already held, so that evaluation waits for the
+    queued kernels from its first byte above it and the step's peak is what it needs; every step
+    after runs under the largest need measured in the process. The limit only rises, never above
+    MLX's own, and MLX's limit is a throttle: work that needs more waits for the queue, then runs."""
+
+    def __init__(self, mode: str):
+        self.on, self.seen = derives_limit(mode), set()
+
+    @contextmanager
+    def first(self, kind: str, arrays):
+        """Around one step (evaluated inside) of `kind` on `arrays`: measured if its shape is new."""
+        key = (kind, *(a.shape for a in arrays))
+        if not self.on or key in self.seen:
+            yield
+            return
+        self.seen.add(key)
+        if _limits["ceiling"] is None:
+            _limits["ceiling"] = mx.get_memory_limit()
+        mx.set_memory_limit(mx.get_active_memory())
+        mx.reset_peak_memory()
+        try:
+            yield
+        finally:
+            _limits["need"] = max(_limits["need"], mx.get_peak_memory())
+            mx.set_memory_limit(derived_limit())
+
+
+def derived_limit() -> int | None:
+    """The limit the rule set in this process, in bytes (None: none yet)."""
+    return min(_limits["need"] or _limits["ceiling"], _limits["ceiling"]) if _limits["ceiling"] is not None else None
+
+
+def release_limit() -> None:
+    """MLX's own limit back and the needs forgotten: for a process that goes on to other work (the
+    benchmarks measure several models in one)."""
+    if _limits["ceiling"] is not None:
+        mx.set_memory_limit(_limits["ceiling"])
+    _limits.update(ceiling=None, need=0)
