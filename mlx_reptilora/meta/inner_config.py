@@ -35,8 +35,11 @@ class StepOptions:
                                         "bf16 base's activations are promoted and kept in float32) or base (the "
                                         "base's compute dtype, as PyTorch's autocast runs PEFT; the adapters, their "
                                         "gradients and the optimizer stay float32)", choices=activations.LORA_DTYPES)
-    recompute_swiglu: bool = option(False, "recompute silu(gate) * up in the backward pass instead of keeping it "
-                                           "(llama-family MLPs): less memory at about the same speed")
+    recompute_swiglu: bool | None = option(None, "recompute silu(gate) * up in the backward pass instead of keeping "
+                                                  "it (llama-family MLPs): less memory at about the same speed",
+                                           flag="--recompute-swiglu/--keep-swiglu",
+                                           default_text="auto: on CUDA, where it costs no speed, for models with a "
+                                                        "SwiGLU MLP")
     memory_limit: str = option("auto", "need: each step shape's first step runs under a memory limit at what is "
                                        "held, and every later step under the largest peak that measured (on CUDA the "
                                        "buffers of queued kernels otherwise raise the peak; MLX_REPTILORA_MEMORY_LIMIT_GB "

@@ -1,5 +1,5 @@
-"""What a training step keeps for its backward pass: three choices, all off by default (their price
-is in benchmarks/RESULTS.md, "GPU speed and memory").
+"""What a training step keeps for its backward pass: three choices, off by default but for the
+SwiGLU recompute on CUDA (their price is in benchmarks/RESULTS.md, "GPU speed and memory").
 
 - The LoRA branch in the base's dtype (`lora_dtype="base"`). mlx-lm's LoRALinear multiplies the
   dropped input by the float32 adapters, so with a bf16 base that input is promoted and kept in
@@ -7,7 +7,8 @@ is in benchmarks/RESULTS.md, "GPU speed and memory").
   bf16; "base" does the same: the adapters are cast to the input's dtype inside the step, and they,
   their gradients and the optimizer's state stay float32. With a float32 base it changes nothing.
 - SwiGLU recomputed (`recompute_swiglu=True`): silu(gate) * up inside mx.checkpoint, so the backward
-  keeps gate and up and recomputes the sigmoid and the product.
+  keeps gate and up and recomputes the sigmoid and the product. None (the default): on CUDA, where
+  it was measured to cost no speed, for the models that have a SwiGLU MLP.
 - The LoRA branch fused (`fused_lora=True`): model/kernels.py's `lora_branch`, whose backward draws
   the dropout mask again from a key instead of keeping it and the dropped input. It computes in the
   dtype `lora_dtype` picks.
@@ -25,7 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import UserError
-from . import kernels
+from . import backend, kernels
 
 LORA_DTYPES = ("float32", "base")
 
@@ -56,19 +57,24 @@ def _swiglu_module(model: nn.Module):
     return module if callable(getattr(module, "swiglu", None)) else None
 
 
-def check(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool = False) -> None:
-    """One line, before any work, when a choice does not apply to this model."""
+def check(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool | None = False) -> bool:
+    """One line, before any work, when a choice does not apply to this model. Returns whether SwiGLU
+    is recomputed (`recompute_swiglu` None: on CUDA, if the model has a SwiGLU MLP)."""
     if lora_dtype not in LORA_DTYPES:
         raise UserError(f"--lora-dtype {lora_dtype!r}: choose one of {', '.join(LORA_DTYPES)}")
+    if recompute_swiglu is None:
+        return backend.backend_name() == "cuda" and _swiglu_module(model) is not None
     if recompute_swiglu and _swiglu_module(model) is None:
         raise UserError(f"--recompute-swiglu: {type(model).__module__} has no swiglu MLP to recompute "
                         f"(mlx-lm's llama family has)")
+    return recompute_swiglu
 
 
 @contextmanager
-def keep_less(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool = False, fused_lora: bool = False):
+def keep_less(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool | None = False,
+              fused_lora: bool = False):
     """While a step is traced, the chosen parts keep less for the backward (see the module's text)."""
-    check(model, lora_dtype, recompute_swiglu)
+    recompute_swiglu = check(model, lora_dtype, recompute_swiglu)
     with ExitStack() as stack:
         if lora_dtype == "base" or fused_lora:
             from mlx_lm.tuner.lora import LoRALinear  # here: mlx-lm takes ~2 s to import, the CLI's errors must not
