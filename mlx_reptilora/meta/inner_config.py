@@ -27,10 +27,11 @@ class StepOptions:
                                      f"on a CPU")
     grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass: less memory, "
                                           "slower")
-    quantized_matmul: str = option("kernel", "with --quantize, how training steps multiply by the frozen weights: "
-                                             "kernel (MLX's quantized matmul, built for decoding) or dense (each "
-                                             "weight dequantized just in time for the dense GEMM, and again in the "
-                                             "backward)", choices=quantized.MODES)
+    quantized_matmul: str = option("auto", "with --quantize, how training steps multiply by the frozen weights: "
+                                           "kernel (MLX's quantized matmul, built for decoding), dense (each weight "
+                                           "dequantized just in time for the dense GEMM, and again in the "
+                                           "backward) or auto (dense on CUDA, where it is faster)",
+                                   choices=quantized.MODES)
     lora_dtype: str = option("float32", "the LoRA branch's dtype in training steps: float32 (the adapters' own: a "
                                         "bf16 base's activations are promoted and kept in float32) or base (the "
                                         "base's compute dtype, as PyTorch's autocast runs PEFT; the adapters, their "

@@ -15,14 +15,20 @@ from unittest.mock import patch
 import mlx.core as mx
 import mlx.nn as nn
 
-MODES = ("kernel", "dense")
+MODES = ("auto", "kernel", "dense")
 
 
 def is_dense(mode: str) -> bool:
+    """auto: dense on CUDA, where it measured 2.7x the kernel's step and, under the derived memory
+    limit (model/memory.py), a lower peak too (benchmarks/RESULTS.md); the kernel elsewhere."""
     if mode not in MODES:
         from ..errors import UserError
 
         raise UserError(f"--quantized-matmul {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "auto":
+        from . import backend
+
+        return backend.backend_name() == "cuda"
     return mode == "dense"
 
 
