@@ -166,7 +166,7 @@ def mlx_side(args, shape: str, precision: str) -> dict:
 
     from mlx_reptilora.data import episodes
     from mlx_reptilora.meta import train
-    from mlx_reptilora.model import adapters, backend
+    from mlx_reptilora.model import activations, adapters, backend, memory
     from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 
     model, tokenizer, cfg = mlx_model(shape, precision, args.model)
@@ -208,6 +208,10 @@ def mlx_side(args, shape: str, precision: str) -> dict:
                                                        args.gen_tokens, max(1, args.repeats // 2)))
     r.update(g)
     r["flops_per_token"] = flops_per_token(cfg)
+    limit = memory.derived_limit()  # the library's defaults on this device, as a user gets them
+    r["defaults"] = {"derived_limit_gb": limit and round(limit / 1e9, 2),
+                     "recompute_swiglu": activations.check(model, recompute_swiglu=inner.cfg.recompute_swiglu)}
+    memory.release_limit()  # the next measurement in this process starts from MLX's own limit
     return r
 
 

@@ -20,6 +20,8 @@ Variants, each in the same process on the same random batch, after warm-up:
                      (model/kernels.py) instead of keeping it and the dropped input
   4bit, 4bit dense   a 4-bit base through the quantized matmul kernel / weights dequantized just in
                      time (--quantized-matmul dense); "limited": with the memory limit too
+  library defaults   InnerConfig's own defaults on this device (--memory-limit, --recompute-swiglu and
+                     --quantized-matmul auto), which the other variants set explicitly
 --profile N records each variant's GPU kernels over N steps (benchmarks/kernel_profile.py).
 --torch adds PyTorch + PEFT's step on the same batch (the runner's child process), so every
 variant is compared with it in one run. It answers issue #7's "why": how far the step is from the matmul peak and PyTorch's memory, and what
@@ -62,19 +64,24 @@ def measure(name: str, shape: str, args, **opts) -> dict:
     # (set in _measure; the context puts the current limit back after)
     import mlx.core as mx
 
-    with memory_limit(mx.get_memory_limit() / 1e9 if limit == "need" else args.memory_limit_gb if limit else None):
-        return _measure(name, shape, args, at_need=headroom if limit == "need" else 0.0, **opts)
+    from mlx_reptilora.model import memory as library_memory
+
+    try:
+        with memory_limit(mx.get_memory_limit() / 1e9 if limit == "need" else args.memory_limit_gb if limit else None):
+            return _measure(name, shape, args, at_need=headroom if limit == "need" else 0.0, **opts)
+    finally:
+        library_memory.release_limit()  # a library-defaults variant's derived limit ends with it
 
 
 def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, checkpoint=False, grad_only=False,
              stock=False, precision="float", lora_dtype="float32", recompute_swiglu=False, fused_lora=False,
-             at_need=0.0) -> dict:
+             at_need=0.0, defaults=False) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
     from mlx_lm.tuner import trainer
 
-    from mlx_reptilora.model import adapters
+    from mlx_reptilora.model import adapters, memory
     from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
     from mlx_reptilora.meta.losses import batch_arrays
 
@@ -102,10 +109,10 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
         def step():
             mx.eval(stock_step(ids, lengths), state)
     else:
-        inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint,
-                                             quantized_matmul=quantized_matmul(precision), lora_dtype=lora_dtype,
-                                             recompute_swiglu=recompute_swiglu, fused_lora=fused_lora),
-                          [args.length])
+        named = {} if defaults else {"quantized_matmul": quantized_matmul(precision), "memory_limit": "none",
+                                     "recompute_swiglu": recompute_swiglu}
+        inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint, lora_dtype=lora_dtype,
+                                             fused_lora=fused_lora, **named), [args.length])
         batches = inner.batches(rows)
         if grad_only:
             arrays = batch_arrays(batches[0])
@@ -125,6 +132,8 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
     need = mx.get_peak_memory() / 1e9 if at_need else None
     if at_need:
         mx.set_memory_limit(int(need * at_need * 1e9))
+    if defaults and memory.derived_limit():  # the library's own rule derived it in the first step
+        need = memory.derived_limit() / 1e9
     s, peak = with_peak_memory(lambda: median_time(step, args.repeats))
     tokens = args.batch * args.length
     row = {"variant": name, "step_s": s, "tok_s": tokens / s, "peak_gb": peak, "first_step_s": first,
@@ -166,6 +175,8 @@ VARIANTS = {
     "4bit": {"precision": "4bit"},
     "4bit dense": {"precision": "4bit-dense"},
     "4bit dense limited": {"precision": "4bit-dense", "memory_limit": True},
+    "library defaults": {"defaults": True},
+    "4bit library defaults": {"precision": "4bit", "defaults": True},
 }
 
 

@@ -39,7 +39,7 @@ def test_step_breakdown_measures_every_variant(tmp_path):
     # every option of a variant, in fewer variants than a GPU run measures
     chosen = ["grad only", "no dropout", "bf16 adapters", "grad checkpoint", "mlx-lm stock",
               "memory limit + swiglu recompute + lora in base dtype", "fused lora", "4bit", "4bit dense limited",
-              "4bit dense at need x1.1 + swiglu recompute + lora in base dtype"]
+              "4bit library defaults", "4bit dense at need x1.1 + swiglu recompute + lora in base dtype"]
     assert {k for v in chosen for k in VARIANTS[v]} == {k for v in VARIANTS.values() for k in v}
     r = subprocess.run([sys.executable, "-m", "benchmarks.step_breakdown", "--shape", "tiny", "--batch", "2",
                         "--length", "32", "--repeats", "1", "--variants", ",".join(chosen), "--out", str(tmp_path)],

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# On the lent GPU machine (after ../shared/device/stage.py's chunks are unstaged, with .whl carried as
+# experiment_learners_gpu.sh's header says): issue #29's CUDA defaults (--memory-limit,
+# --recompute-swiglu and --quantized-matmul auto) side by side with every choice off.
+#   breakdown  benchmarks.step_breakdown at the Llama-2-7B geometry: ours with the choices off, the
+#              library defaults on the bf16 and the 4-bit base, the hand-set best, PyTorch + PEFT
+#   paper      the bundled model's `meta-train -c paper`, $EPISODES episodes meta-validated on numpy's
+#              tasks (generation under the derived limit), off / defaults / off again: the episode
+#              rate, the first episode (tracing and compilation), the validations' time, the peak
+#   bash scripts/device/defaults_gpu.sh breakdown,paper
+set -uo pipefail
+export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_device())" | tee -a "$OUT/gpu.txt"
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
+what=${1:-breakdown,paper}
+if [[ $what == *breakdown* ]]; then
+  python3 -m benchmarks.step_breakdown --shape llama2-7b --model "$GGUF" --torch --repeats ${REPEATS:-5} \
+      --variants "ours,library defaults,4bit library defaults,memory limit at need + swiglu recompute + lora in base dtype" \
+      --out "$OUT/breakdown" 2>&1 | tee "$OUT/breakdown.log"
+fi
+if [[ $what == *paper* ]]; then
+  for mode in off defaults off-again; do
+    flags=(); [[ $mode == off* ]] && flags=(--memory-limit none --keep-swiglu)
+    t=$SECONDS
+    python3 -m mlx_reptilora meta-train -c paper --model "$GGUF" --episodes ${EPISODES:-30} --eval-every 0 \
+        --valid-tasks numpy-doc,numpy-name --valid-every 15 --out /tmp/paper-$mode "${flags[@]}" \
+        > "$OUT/paper-$mode.log" 2>&1
+    echo "paper $mode: exit $? in $((SECONDS - t)) s" | tee -a "$OUT/paper.txt"
+    cp /tmp/paper-$mode/metrics.jsonl "$OUT/paper-$mode.metrics.jsonl" 2>/dev/null
+  done
+  python3 - "$OUT" <<'PY' | tee -a "$OUT/paper.txt"
+import json, statistics, sys
+from pathlib import Path
+for mode in ("off", "defaults", "off-again"):
+    path = Path(sys.argv[1]) / f"paper-{mode}.metrics.jsonl"
+    if not path.exists():
+        print(mode, "no metrics"); continue
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    eps = [r for r in rows if "seconds" in r and "episode" in r and "inner_losses" in r]
+    valid = [r for r in rows if r not in eps]
+    print(f"{mode}: episodes {len(eps)}, first {eps[0]['seconds']:.2f} s, median after it "
+          f"{statistics.median(r['seconds'] for r in eps[1:]):.3f} s, peak {max(r['peak_memory_gb'] for r in eps[1:]):.2f} GB "
+          f"(first {eps[0]['peak_memory_gb']:.2f}); other records {len(valid)}: "
+          + "; ".join(f"{k}={r[k]}" for r in valid for k in r if "second" in k))
+PY
+fi
+ls -la "$OUT"
