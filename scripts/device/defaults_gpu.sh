@@ -6,7 +6,9 @@
 #              library defaults on the bf16 and the 4-bit base, the hand-set best, PyTorch + PEFT
 #   paper      the bundled model's `meta-train -c paper`, $EPISODES episodes meta-validated on numpy's
 #              tasks (generation under the derived limit), off / defaults / off again: the episode
-#              rate, the first episode (tracing and compilation), the validations' time, the peak
+#              rate, the first episode (tracing and compilation), the validations' time, the peak;
+#              then the defaults with --lora-dtype base, whose losses and validation scores say
+#              whether a bf16 LoRA branch changes what meta-training learns
 #   bash scripts/device/defaults_gpu.sh breakdown,paper
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -21,8 +23,9 @@ if [[ $what == *breakdown* ]]; then
       --out "$OUT/breakdown" 2>&1 | tee "$OUT/breakdown.log"
 fi
 if [[ $what == *paper* ]]; then
-  for mode in off defaults off-again; do
+  for mode in off defaults off-again lora-base; do
     flags=(); [[ $mode == off* ]] && flags=(--memory-limit none --keep-swiglu)
+    [ $mode = lora-base ] && flags=(--lora-dtype base)
     t=$SECONDS
     python3 -m mlx_reptilora meta-train -c paper --model "$GGUF" --episodes ${EPISODES:-30} --eval-every 0 \
         --valid-tasks numpy-doc,numpy-name --valid-every 15 --out /tmp/paper-$mode "${flags[@]}" \
@@ -33,7 +36,7 @@ if [[ $what == *paper* ]]; then
   python3 - "$OUT" <<'PY' | tee -a "$OUT/paper.txt"
 import json, statistics, sys
 from pathlib import Path
-for mode in ("off", "defaults", "off-again"):
+for mode in ("off", "defaults", "off-again", "lora-base"):
     path = Path(sys.argv[1]) / f"paper-{mode}.metrics.jsonl"
     if not path.exists():
         print(mode, "no metrics"); continue
@@ -42,8 +45,8 @@ for mode in ("off", "defaults", "off-again"):
     valid = [r for r in rows if r not in eps]
     print(f"{mode}: episodes {len(eps)}, first {eps[0]['seconds']:.2f} s, median after it "
           f"{statistics.median(r['seconds'] for r in eps[1:]):.3f} s, peak {max(r['peak_memory_gb'] for r in eps[1:]):.2f} GB "
-          f"(first {eps[0]['peak_memory_gb']:.2f}); other records {len(valid)}: "
-          + "; ".join(f"{k}={r[k]}" for r in valid for k in r if "second" in k))
+          f"(first {eps[0]['peak_memory_gb']:.2f}); last inner losses {eps[-1]['inner_losses'][0][::3]}; "
+          f"validations {len(valid)}: " + "; ".join(f"{r['valid_seconds']} s, mean {r.get('score')}" for r in valid))
 PY
 fi
 ls -la "$OUT"
