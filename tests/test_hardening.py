@@ -266,6 +266,22 @@ def test_a_run_from_before_a_validation_default_changed_resumes(tiny_dir, finish
                       "different settings than the run in")  # a setting that is used still must match
 
 
+def test_a_run_from_before_the_device_defaults_resumes_with_its_own(tiny_dir, finished):
+    """--recompute-swiglu and --quantized-matmul became auto (chosen per device): a run that started
+    with them off resumes with them off, unless the resume names another value."""
+    from mlx_reptilora.meta import run_folder, train
+
+    meta = json.loads((finished / "meta.json").read_text())
+    meta["config"].update(recompute_swiglu=False, quantized_matmul="kernel")
+    (finished / "meta.json").write_text(json.dumps(meta))
+    cfg = train.MetaTrainConfig(out=str(finished), resume=True)
+    assert run_folder.started_with(finished, cfg) == {"recompute_swiglu": False, "quantized_matmul": "kernel"}
+    r = cli(*meta_args(tiny_dir, "--resume", episodes=2), "--out", finished)
+    assert r.returncode == 0, r.stderr
+    fails_in_one_line(cli(*meta_args(tiny_dir, "--resume", "--quantized-matmul", "dense", episodes=3), "--out",
+                          finished), "different settings than the run in")
+
+
 def test_damaged_meta_json_is_one_line(tiny_dir, finished):
     out = finished
     good = (out / "meta.json").read_text()

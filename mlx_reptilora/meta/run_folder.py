@@ -27,6 +27,8 @@ from .validation import Best, ValidOptions
 # What may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_checkpoints", "eval_every",
                      "max_nonfinite", "out"}  # out: the same folder may be spelled ./x, /abs/x or x/
+# Settings whose default is chosen per device (auto): left at it, a resumed run keeps what it started with.
+DEVICE_DEFAULTS = ("recompute_swiglu", "quantized_matmul")
 
 
 def versions() -> dict:
@@ -55,6 +57,7 @@ def check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
     now = options.to_dict(cfg)
     # without validation its settings are unused: a changed default of one must not block the resume
     unused = {f.name for f in fields(ValidOptions)} if not old.get("valid_tasks") and not cfg.valid_tasks else set()
+    unused |= {k for k in DEVICE_DEFAULTS if now.get(k) in (None, "auto")}  # started_with() takes the run's
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES | unused and k in old and old[k] != now[k])
     if changed:
         raise UserError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
@@ -62,6 +65,12 @@ def check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
         raise UserError(f"--episodes {cfg.episodes}: this run anneals α over {old['episodes']} episodes "
                         f"(--meta-lr-final); resume it with --episodes {old['episodes']}")
     return True
+
+
+def started_with(out: Path, cfg: MetaTrainConfig) -> dict:
+    """The run's own values of the settings `cfg` leaves to the device (DEVICE_DEFAULTS)."""
+    old = read_meta(out)["config"]
+    return {k: old[k] for k in DEVICE_DEFAULTS if k in old and getattr(cfg, k) in (None, "auto")}
 
 
 def read_meta(out: Path) -> dict:

@@ -24,7 +24,8 @@ from . import checkpoint, recipe, validation
 from .config import LEARNERS, MetaTrainConfig, make_learner, register
 from .distributed import RankLost, World, agree, gather_metrics
 from .inner_loop import NonFiniteLoss
-from .run_folder import Metrics, check_resume, note_resume, read_meta, restore, save, snapshot, write_meta
+from .run_folder import Metrics, check_resume, note_resume, read_meta, restore, save, snapshot, started_with, \
+    write_meta
 from .setup import Setup, prepare
 
 __all__ = ["LEARNERS", "MetaTrainConfig", "make_learner", "register", "run"]
@@ -55,6 +56,9 @@ def _train(cfg: MetaTrainConfig, world: World, out: Path, resuming: bool, build=
     progress = Progress(cfg.episodes, quiet=cfg.quiet or not world.main)
     if resuming and cfg.micro_batch is None:  # the one the run chose: its sums in the same order, bit for bit
         cfg.micro_batch = world.broadcast_json(read_meta(out)["inner"]["micro_batch"] if world.main else None)
+    if resuming:  # and the step settings it started with where this resume leaves them to the device
+        for k, v in world.broadcast_json(started_with(out, cfg) if world.main else None).items():
+            setattr(cfg, k, v)
     s = prepare(cfg, progress, world)
     if world.size > 1:
         progress.log(f"{world.size} processes, {cfg.meta_batch // world.size} of the {cfg.meta_batch} tasks of "
