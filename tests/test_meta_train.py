@@ -17,7 +17,7 @@ import pytest
 
 from mlx_reptilora.data import episodes, prompts, tasks
 from mlx_reptilora.meta import losses, train as meta_train, reptile
-from mlx_reptilora.model import adapters, memory, models
+from mlx_reptilora.model import adapters, backend, memory, models
 from mlx_reptilora.errors import UserError
 from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 from tests.conftest import assert_close, run_cli
@@ -385,7 +385,7 @@ def test_derived_memory_limit_is_the_largest_need_and_changes_no_number(tiny, ow
     monkeypatch.setenv("MLX_REPTILORA_MEMORY_LIMIT_GB", "3")  # a limit of the user's own: nothing derived
     assert not memory.derives_limit("auto") and not memory.derives_limit("need")
     monkeypatch.delenv("MLX_REPTILORA_MEMORY_LIMIT_GB")
-    assert not memory.derives_limit("auto")  # auto is CUDA's (this runs on the CPU)
+    assert memory.derives_limit("auto") == (backend.backend_name() == "cuda")
     with pytest.raises(UserError, match="--memory-limit 'some'"):
         memory.derives_limit("some")
     # micro_batch None: measured where measures() (a GPU), said once; a CPU takes CPU_MICRO_BATCH

