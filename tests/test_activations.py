@@ -31,6 +31,20 @@ def test_on_a_float32_base_the_step_is_unchanged(tiny_dir, choice):
     assert_close(got, ref)
 
 
+def test_second_order_learners_differentiate_through_the_recomputed_swiglu(tiny_dir):
+    """On CUDA the recompute is the default, and MAML's Hessian-vector products go through it."""
+    hvps = []
+    for recompute in (False, True):
+        base = models.load(str(tiny_dir), verbose=False)
+        mx.random.seed(0)  # the same A both times
+        adapters.attach(base.model, adapters.LoraConfig(rank=4, dropout=0.0))
+        exs = prompts.tokenize(prompts.PromptFormat.for_tokenizer(base.tokenizer), base.tokenizer,
+                               tasks.load("pydoc").splits["train"][:4], 128)
+        inner = InnerLoop(base.model, InnerConfig(micro_batch=2, recompute_swiglu=recompute), [64, 128])
+        hvps.append(inner.hvp(exs, {k: mx.full(v.shape, 0.01) for k, v in inner.weights().items()}))
+    assert_close(hvps[1], hvps[0])
+
+
 def test_lora_in_a_bf16_base_dtype_trains_float32_adapters_close_to_the_float32_branch(tiny_dir):
     """As PyTorch's autocast: the branch computes in bf16, the adapters, gradients and AdamW stay
     float32, and the step lands near the float32 branch's (bf16 rounding of the branch only). SGD, so the
