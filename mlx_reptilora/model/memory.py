@@ -92,7 +92,7 @@ def probe(loop, rows: int, length: int, second_order: bool) -> int:
 def derives_limit(mode: str) -> bool:
     """Whether training steps run under a limit derived from their need (--memory-limit): `need`
     always, `none` never, `auto` on CUDA, where the host runs ahead of the GPU and the buffers of
-    queued kernels raise the peak by a third (benchmarks/RESULTS.md), unless
+    queued kernels raised the 7B step's peak by 29% (benchmarks/RESULTS.md), unless
     MLX_REPTILORA_MEMORY_LIMIT_GB sets a limit of its own."""
     if mode not in LIMITS:
         from ..errors import UserError
