@@ -23,7 +23,7 @@ import numpy as np
 
 from mlx_reptilora.data import episodes, prompts, tasks
 from mlx_reptilora.meta import train
-from mlx_reptilora.model import adapters, backend, models
+from mlx_reptilora.model import adapters, backend, memory, models
 from mlx_reptilora.meta.inner_loop import InnerConfig, InnerLoop
 from runner import median_time  # benchmarks/ is on sys.path when this file runs as a script
 
@@ -138,7 +138,7 @@ def main():
         episode_times.append((time.perf_counter() - t, sum(step_times)))
     episode_s, steps_s = min(episode_times, key=lambda e: e[0] / e[1])
     rows = {"mlx_step_s": step_s, "mlx_tok_s": tokens / step_s, "mlx_episode_s": episode_s,
-            "meta_overhead": episode_s / steps_s, "peak_memory_gb": backend.peak_memory_gb()}
+            "meta_overhead": episode_s / steps_s, "peak_memory_gb": memory.peak_gb()}
 
     if not args.no_torch:
         rows.update(torch_side(base.path, exs, args))

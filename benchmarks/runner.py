@@ -139,11 +139,13 @@ def with_peak_memory(fn):
     """fn's result and the peak memory (GB) while it ran."""
     import mlx.core as mx
 
+    from mlx_reptilora.model import memory
+
     mx.synchronize()
-    mx.reset_peak_memory()
+    memory.reset_peak()
     out = fn()
     mx.synchronize()
-    return out, mx.get_peak_memory() / 1e9
+    return out, memory.peak_gb()
 
 
 def mlx_generation(model, tokenizer, vocab: int, n: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:

@@ -17,7 +17,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import UserError
-from ..model import adapters, backend, hub
+from ..model import adapters, hub, memory
 from ..paths import claimed
 from ..progress import Progress
 from . import checkpoint, recipe, validation
@@ -146,7 +146,7 @@ def run_episode(cfg: MetaTrainConfig, s: Setup, params: dict, episode: int, worl
     """One meta-step: (its metrics record, the new meta-parameters or None when a loss was not
     finite). Every rank draws the whole meta-batch and adapts its share; rank 0 holds task 0, which
     is monitored."""
-    mx.reset_peak_memory()
+    memory.reset_peak()
     t0 = time.perf_counter()
     batch = [s.sampler.sample() for _ in range(cfg.meta_batch)]
     record = {"episode": episode, "tasks": [e.task for e in batch], **s.learner.outer_metrics(episode)}
@@ -165,7 +165,7 @@ def run_episode(cfg: MetaTrainConfig, s: Setup, params: dict, episode: int, worl
     seconds = time.perf_counter() - t0
     tokens = sum(s.learner.tokens(e) for e in batch)
     record.update(gather_metrics(result.metrics, world), tokens=tokens, seconds=round(seconds, 3),
-                  tokens_per_s=round(tokens / seconds, 1), peak_memory_gb=round(backend.peak_memory_gb(), 3))
+                  tokens_per_s=round(tokens / seconds, 1), peak_memory_gb=round(memory.peak_gb(), 3))
     return record, result.params
 
 

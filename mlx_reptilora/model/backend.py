@@ -65,10 +65,6 @@ def dtype_name(dtype: mx.Dtype) -> str:
     return next(k for k, v in DTYPES.items() if v == dtype)
 
 
-def peak_memory_gb() -> float:
-    return mx.get_peak_memory() / 1e9
-
-
 def describe() -> dict:
     return {
         "backend": backend_name(),

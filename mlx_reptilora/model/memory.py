@@ -19,7 +19,9 @@ from . import backend
 FILL = 0.8  # of the free memory an automatic micro-batch may take: the rest for fragmentation and the rest of a step
 CPU_MICRO_BATCH = 4
 LIMITS = ("auto", "need", "none")
-_limits = {"ceiling": None, "need": 0}  # this process's: MLX's limit before any was derived, the largest need
+# this process's: MLX's limit before any was derived, the largest need, and the peak before a measurement
+# reset MLX's counter (peak() reports through it)
+_limits = {"ceiling": None, "need": 0, "peak": 0}
 
 
 def measures() -> bool:
@@ -124,6 +126,7 @@ class NeedLimit:
         if _limits["ceiling"] is None:
             _limits["ceiling"] = mx.get_memory_limit()
         mx.set_memory_limit(mx.get_active_memory())
+        _limits["peak"] = max(_limits["peak"], mx.get_peak_memory())
         mx.reset_peak_memory()
         try:
             yield
@@ -143,3 +146,13 @@ def release_limit() -> None:
     if _limits["ceiling"] is not None:
         mx.set_memory_limit(_limits["ceiling"])
     _limits.update(ceiling=None, need=0)
+
+
+def reset_peak() -> None:
+    _limits["peak"] = 0
+    mx.reset_peak_memory()
+
+
+def peak_gb() -> float:
+    """The peak since reset_peak(), in GB, counting what came before a measurement reset MLX's counter."""
+    return max(_limits["peak"], mx.get_peak_memory()) / 1e9
