@@ -266,20 +266,29 @@ def test_a_run_from_before_a_validation_default_changed_resumes(tiny_dir, finish
                       "different settings than the run in")  # a setting that is used still must match
 
 
-def test_a_run_from_before_the_device_defaults_resumes_with_its_own(tiny_dir, finished):
-    """--recompute-swiglu and --quantized-matmul became auto (chosen per device): a run that started
-    with them off resumes with them off, unless the resume names another value."""
+def test_a_resumed_run_keeps_the_step_settings_it_started_with(tiny_dir, finished, monkeypatch):
+    """--recompute-swiglu and --quantized-matmul are chosen per device (auto): a resume that leaves
+    them to it takes the run's own values (here ones this CPU's auto would not choose), a run from
+    before they existed takes what its step did then, and a resume that names another is refused.
+    --memory-limit changes no number: a resume may change it."""
     from mlx_reptilora.meta import run_folder, train
 
     meta = json.loads((finished / "meta.json").read_text())
-    meta["config"].update(recompute_swiglu=False, quantized_matmul="kernel")
+    meta["config"].update(recompute_swiglu=True, quantized_matmul="dense")
+    (finished / "meta.json").write_text(json.dumps(meta))
+    given = []
+    real = train.prepare
+    monkeypatch.setattr(train, "prepare", lambda cfg, *a: given.append(cfg) or real(cfg, *a))
+    r = cli(*meta_args(tiny_dir, "--resume", "--memory-limit", "none", episodes=2), "--out", finished)
+    assert r.returncode == 0, r.stderr
+    assert (given[0].recompute_swiglu, given[0].quantized_matmul) == (True, "dense")
+    fails_in_one_line(cli(*meta_args(tiny_dir, "--resume", "--quantized-matmul", "kernel", episodes=3), "--out",
+                          finished), "different settings than the run in")
+    for k in run_folder.DEVICE_DEFAULTS:
+        del meta["config"][k]
     (finished / "meta.json").write_text(json.dumps(meta))
     cfg = train.MetaTrainConfig(out=str(finished), resume=True)
     assert run_folder.started_with(finished, cfg) == {"recompute_swiglu": False, "quantized_matmul": "kernel"}
-    r = cli(*meta_args(tiny_dir, "--resume", episodes=2), "--out", finished)
-    assert r.returncode == 0, r.stderr
-    fails_in_one_line(cli(*meta_args(tiny_dir, "--resume", "--quantized-matmul", "dense", episodes=3), "--out",
-                          finished), "different settings than the run in")
 
 
 def test_damaged_meta_json_is_one_line(tiny_dir, finished):

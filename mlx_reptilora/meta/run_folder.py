@@ -26,9 +26,11 @@ from .validation import Best, ValidOptions
 
 # What may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "max_nonfinite", "out"}  # out: the same folder may be spelled ./x, /abs/x or x/
-# Settings whose default is chosen per device (auto): left at it, a resumed run keeps what it started with.
-DEVICE_DEFAULTS = ("recompute_swiglu", "quantized_matmul")
+                     "max_nonfinite", "out",  # out: the same folder may be spelled ./x, /abs/x or x/
+                     "memory_limit"}  # it changes when work waits, not a number
+# Settings whose default is chosen per device (auto): left at it, a resumed run keeps what it started
+# with, a run from before the setting existed what the step did then.
+DEVICE_DEFAULTS = {"recompute_swiglu": False, "quantized_matmul": "kernel"}
 
 
 def versions() -> dict:
@@ -70,7 +72,7 @@ def check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
 def started_with(out: Path, cfg: MetaTrainConfig) -> dict:
     """The run's own values of the settings `cfg` leaves to the device (DEVICE_DEFAULTS)."""
     old = read_meta(out)["config"]
-    return {k: old[k] for k in DEVICE_DEFAULTS if k in old and getattr(cfg, k) in (None, "auto")}
+    return {k: old.get(k, before) for k, before in DEVICE_DEFAULTS.items() if getattr(cfg, k) in (None, "auto")}
 
 
 def read_meta(out: Path) -> dict:
