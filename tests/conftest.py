@@ -31,6 +31,15 @@ def pytest_sessionstart(session):
         raise pytest.UsageError("mlx.core was imported before mlx_reptilora; the OpenBLAS preload missed")
 
 
+@pytest.fixture(autouse=True)
+def _no_derived_limit():
+    """A derived memory limit (on CUDA the default of every inner loop) ends with its test."""
+    yield
+    from mlx_reptilora.model import memory
+
+    memory.release_limit()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     # One cache for all of pytest-xdist's workers: the bundled model is converted once, not per worker.

@@ -355,8 +355,9 @@ def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
 @pytest.fixture
 def own_limit(monkeypatch):
     """MLX's memory limit and the derived limit's record as they were, after the test."""
+    memory.release_limit()  # one an earlier test's loop derived (on CUDA every loop's default)
     held = mx.get_memory_limit()
-    monkeypatch.setattr(memory, "_limits", {"ceiling": None, "need": 0})
+    monkeypatch.setattr(memory, "_limits", {"ceiling": None, "need": 0, "peak": 0})
     monkeypatch.delenv("MLX_REPTILORA_MEMORY_LIMIT_GB", raising=False)
     yield
     mx.set_memory_limit(held)
