@@ -42,9 +42,10 @@ class StepOptions:
                                            default_text="auto: on CUDA, where it costs no speed, for models with a "
                                                         "SwiGLU MLP")
     memory_limit: str = option("auto", "need: each step shape's first step runs under a memory limit at what is "
-                                       "held, and every later step under the largest peak that measured (on CUDA the "
-                                       "buffers of queued kernels otherwise raise the peak; MLX_REPTILORA_MEMORY_LIMIT_GB "
-                                       "sets a fixed one instead); none: MLX's own limit; auto: need on CUDA",
+                                       "held, and the rest of the process (later steps, generation, evaluation) "
+                                       "under the largest peak so measured; past it work waits for queued kernels "
+                                       "(on CUDA their buffers otherwise raise the peak); none: MLX's own limit; "
+                                       "auto: need on CUDA; MLX_REPTILORA_MEMORY_LIMIT_GB sets a fixed one instead",
                                choices=memory.LIMITS)
     fused_lora: bool = option(False, "the LoRA branch with a hand-written backward that draws the dropout mask "
                                      "again instead of keeping it and the dropped input: keeps less for the backward, "
