@@ -20,7 +20,7 @@ FILL = 0.8  # of the free memory an automatic micro-batch may take: the rest for
 CPU_MICRO_BATCH = 4
 LIMITS = ("auto", "need", "none")
 # this process's: MLX's limit before any was derived, the largest need, and the peak before a measurement
-# reset MLX's counter (peak() reports through it)
+# reset MLX's counter (peak_gb() reports through it)
 _limits = {"ceiling": None, "need": 0, "peak": 0}
 
 

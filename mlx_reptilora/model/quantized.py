@@ -15,6 +15,8 @@ from unittest.mock import patch
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import backend
+
 MODES = ("auto", "kernel", "dense")
 
 
@@ -26,8 +28,6 @@ def is_dense(mode: str) -> bool:
 
         raise UserError(f"--quantized-matmul {mode!r}: choose one of {', '.join(MODES)}")
     if mode == "auto":
-        from . import backend
-
         return backend.backend_name() == "cuda"
     return mode == "dense"
 
