@@ -350,6 +350,13 @@ def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
     assert chosen == [1, 4, 32]
     assert inner.fit_micro_batch(5, free=int(1e12))[0] == 8 and inner.fit_micro_batch(1)[0] == 1
     assert memory.probe(inner, 2, 128, True) > two  # a Hessian-vector product holds more than a gradient
+    # micro_batch None: measured where measures() (a GPU), said once; a CPU takes CPU_MICRO_BATCH
+    assert InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=8).cfg.micro_batch == 4
+    monkeypatch.setattr(memory, "measures", lambda: True)
+    monkeypatch.setattr(memory, "free_memory", lambda: int(1e12))
+    said = []
+    auto = InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=6, say=said.append)
+    assert auto.cfg.micro_batch == 8 and len(said) == 1 and said[0].startswith("micro-batch 8 (a step at 128 tokens")
 
 
 @pytest.fixture
@@ -380,22 +387,14 @@ def test_derived_memory_limit_is_the_largest_need_and_changes_no_number(tiny, ow
     assert mx.get_memory_limit() == need < ceiling
     assert memory.free_memory() >= ceiling - mx.get_active_memory() - 1  # a throttle, not what fits a micro-batch
     inner.gradient(rows)  # the same shapes: measured once
-    assert memory.derived_limit() == need and len(inner._need.seen) == len({("gradient", *[a.shape for a in
-                                                                               losses.batch_arrays(b)])
-                                                                              for b in inner.batches(rows)})
+    shapes = {("gradient", *(a.shape for a in losses.batch_arrays(b))) for b in inner.batches(rows)}
+    assert memory.derived_limit() == need and inner._need.seen == shapes
     monkeypatch.setenv("MLX_REPTILORA_MEMORY_LIMIT_GB", "3")  # a limit of the user's own: nothing derived
     assert not memory.derives_limit("auto") and not memory.derives_limit("need")
     monkeypatch.delenv("MLX_REPTILORA_MEMORY_LIMIT_GB")
     assert memory.derives_limit("auto") == (backend.backend_name() == "cuda")
     with pytest.raises(UserError, match="--memory-limit 'some'"):
         memory.derives_limit("some")
-    # micro_batch None: measured where measures() (a GPU), said once; a CPU takes CPU_MICRO_BATCH
-    assert InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=8).cfg.micro_batch == 4
-    monkeypatch.setattr(memory, "measures", lambda: True)
-    monkeypatch.setattr(memory, "free_memory", lambda: int(1e12))
-    said = []
-    auto = InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=6, say=said.append)
-    assert auto.cfg.micro_batch == 8 and len(said) == 1 and said[0].startswith("micro-batch 8 (a step at 128 tokens")
 
 
 def test_a_resumed_run_keeps_the_micro_batch_it_chose(tiny_dir, tmp_path, monkeypatch):
