@@ -59,7 +59,7 @@ def check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
     now = options.to_dict(cfg)
     # without validation its settings are unused: a changed default of one must not block the resume
     unused = {f.name for f in fields(ValidOptions)} if not old.get("valid_tasks") and not cfg.valid_tasks else set()
-    unused |= {k for k in DEVICE_DEFAULTS if now.get(k) in (None, "auto")}  # started_with() takes the run's
+    unused |= set(left_to_device(cfg))  # started_with() takes the run's
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES | unused and k in old and old[k] != now[k])
     if changed:
         raise UserError(f"--resume with different settings than the run in {out}: {', '.join(changed)}")
@@ -69,10 +69,15 @@ def check_resume(out: Path, cfg: MetaTrainConfig) -> bool:
     return True
 
 
+def left_to_device(cfg: MetaTrainConfig) -> list[str]:
+    """The DEVICE_DEFAULTS that `cfg` leaves at auto."""
+    return [k for k in DEVICE_DEFAULTS if getattr(cfg, k) in (None, "auto")]
+
+
 def started_with(out: Path, cfg: MetaTrainConfig) -> dict:
-    """The run's own values of the settings `cfg` leaves to the device (DEVICE_DEFAULTS)."""
+    """The run's own values of the settings `cfg` leaves to the device."""
     old = read_meta(out)["config"]
-    return {k: old.get(k, before) for k, before in DEVICE_DEFAULTS.items() if getattr(cfg, k) in (None, "auto")}
+    return {k: old.get(k, DEVICE_DEFAULTS[k]) for k in left_to_device(cfg)}
 
 
 def read_meta(out: Path) -> dict:
