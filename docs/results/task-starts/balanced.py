@@ -79,7 +79,7 @@ def main():
                     results["balanced"][name][str(k)][key]["score"] = round(bal, 3)
                     check.append(abs(acc - recorded))
                     print(label, k, key, name, f"accuracy {acc:.2f} (recorded {recorded}), balanced {bal:.2f}", flush=True)
-        points = {key: point(recipes.read(folder, shots=1), key) for key in kept["valid"][names[0]]["1"]}
+        points = {key: point(recipes.read(folder, shots=int(counts[0])), key) for key in valid[names[0]][counts[0]]}
         out[label] = {"episode": kept["episode"], "most_accuracy_differs": round(max(check), 2)}
         for how in ("accuracy", "balanced"):
             chosen = choose(results[how], points, counts, f"episode {kept['episode'] + 1}")
