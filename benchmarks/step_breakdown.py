@@ -20,8 +20,8 @@ Variants, each in the same process on the same random batch, after warm-up:
                      (model/kernels.py) instead of keeping it and the dropped input
   4bit, 4bit dense   a 4-bit base through the quantized matmul kernel / weights dequantized just in
                      time (--quantized-matmul dense); "limited": with the memory limit too
-  library defaults   InnerConfig's own defaults on this device (--memory-limit, --recompute-swiglu and
-                     --quantized-matmul auto), which the other variants set explicitly
+  library defaults   InnerConfig's own defaults on this device (--memory-limit, --recompute-swiglu,
+                     --lora-dtype and --quantized-matmul auto), which the other variants set explicitly
 --profile N records each variant's GPU kernels over N steps (benchmarks/kernel_profile.py).
 --torch adds PyTorch + PEFT's step on the same batch (the runner's child process), so every
 variant is compared with it in one run. It answers issue #7's "why": how far the step is from the matmul peak and PyTorch's memory, and what
@@ -110,9 +110,9 @@ def _measure(name: str, shape: str, args, *, dropout=0.1, adapter_dtype=None, ch
             mx.eval(stock_step(ids, lengths), state)
     else:
         named = {} if defaults else {"quantized_matmul": quantized_matmul(precision), "memory_limit": "none",
-                                     "recompute_swiglu": recompute_swiglu}
-        inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint, lora_dtype=lora_dtype,
-                                             fused_lora=fused_lora, **named), [args.length])
+                                     "recompute_swiglu": recompute_swiglu, "lora_dtype": lora_dtype}
+        inner = InnerLoop(model, InnerConfig(micro_batch=args.batch, grad_checkpoint=checkpoint, fused_lora=fused_lora,
+                                             **named), [args.length])
         batches = inner.batches(rows)
         if grad_only:
             arrays = batch_arrays(batches[0])

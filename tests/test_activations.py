@@ -67,6 +67,19 @@ def test_choices_that_do_not_apply_are_one_line_errors():
                                       n_positions=64, layer_norm_epsilon=1e-5, vocab_size=64))
     with pytest.raises(UserError, match="--recompute-swiglu: mlx_lm.models.gpt2 has no swiglu"):
         activations.check(model, recompute_swiglu=True)
-    with pytest.raises(UserError, match="--lora-dtype 'float16': choose one of float32, base"):
+    with pytest.raises(UserError, match="--lora-dtype 'float16': choose one of auto, float32, base"):
         activations.check(model, lora_dtype="float16")
     activations.check(model)  # the defaults apply to every model
+    activations.check(model, lora_dtype="auto", recompute_swiglu=None)
+
+
+def test_the_lora_branch_is_in_the_bases_dtype_by_default_on_cuda_only(monkeypatch):
+    from mlx_reptilora.meta.inner_config import StepOptions
+    from mlx_reptilora.model import backend
+
+    assert StepOptions().lora_dtype == "auto"
+    assert activations.lora_dtype_here("auto") == ("base" if backend.backend_name() == "cuda" else "float32")
+    monkeypatch.setattr(backend, "backend_name", lambda: "cuda")
+    assert [activations.lora_dtype_here(d) for d in activations.LORA_DTYPES] == ["base", "float32", "base"]
+    monkeypatch.setattr(backend, "backend_name", lambda: "metal")
+    assert activations.lora_dtype_here("auto") == "float32"

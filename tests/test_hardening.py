@@ -267,7 +267,7 @@ def test_a_run_from_before_a_validation_default_changed_resumes(tiny_dir, finish
 
 
 def test_a_resumed_run_keeps_the_step_settings_it_started_with(tiny_dir, finished, monkeypatch):
-    """--recompute-swiglu and --quantized-matmul are chosen per device (auto): a resume that leaves
+    """--recompute-swiglu, --quantized-matmul and --lora-dtype are chosen per device (auto): a resume that leaves
     them to it takes the run's own values (here ones this CPU's auto would not choose), a run from
     before they existed takes what its step did then, and a resume that names another is refused.
     --memory-limit changes no number: a resume may change it."""
@@ -288,7 +288,8 @@ def test_a_resumed_run_keeps_the_step_settings_it_started_with(tiny_dir, finishe
         del meta["config"][k]
     (finished / "meta.json").write_text(json.dumps(meta))
     cfg = train.MetaTrainConfig(out=str(finished), resume=True)
-    assert run_folder.started_with(finished, cfg) == {"recompute_swiglu": False, "quantized_matmul": "kernel"}
+    assert run_folder.started_with(finished, cfg) == {"recompute_swiglu": False, "quantized_matmul": "kernel",
+                                                      "lora_dtype": "float32"}
 
 
 def test_damaged_meta_json_is_one_line(tiny_dir, finished):

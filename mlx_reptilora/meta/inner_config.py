@@ -32,10 +32,11 @@ class StepOptions:
                                            "dequantized just in time for the dense GEMM, and again in the "
                                            "backward) or auto (dense on CUDA, where it is faster)",
                                    choices=quantized.MODES)
-    lora_dtype: str = option("float32", "the LoRA branch's dtype in training steps: float32 (the adapters' own: a "
-                                        "bf16 base's activations are promoted and kept in float32) or base (the "
-                                        "base's compute dtype, as PyTorch's autocast runs PEFT; the adapters, their "
-                                        "gradients and the optimizer stay float32)", choices=activations.LORA_DTYPES)
+    lora_dtype: str = option("auto", "the LoRA branch's dtype in training steps: float32 (the adapters' own: a "
+                                     "bf16 base's activations are promoted and kept in float32), base (the base's "
+                                     "compute dtype, as PyTorch's autocast runs PEFT; the adapters, their gradients "
+                                     "and the optimizer stay float32) or auto (base on CUDA, where it keeps less and "
+                                     "is no slower)", choices=activations.LORA_DTYPES)
     recompute_swiglu: bool | None = option(None, "recompute silu(gate) * up in the backward pass instead of keeping "
                                                   "it (llama-family MLPs): less memory at about the same speed",
                                            flag="--recompute-swiglu/--keep-swiglu",

@@ -30,7 +30,7 @@ RESUMABLE_CHANGES = {"episodes", "resume", "quiet", "checkpoint_every", "keep_ch
                      "memory_limit"}  # it changes when work waits, not a number
 # Settings whose default is chosen per device (auto): left at it, a resumed run keeps what it started
 # with, a run from before the setting existed what the step did then.
-DEVICE_DEFAULTS = {"recompute_swiglu": False, "quantized_matmul": "kernel"}
+DEVICE_DEFAULTS = {"recompute_swiglu": False, "quantized_matmul": "kernel", "lora_dtype": "float32"}
 
 
 def versions() -> dict:

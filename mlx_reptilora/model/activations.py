@@ -1,11 +1,13 @@
 """What a training step keeps for its backward pass: three choices, off by default but for the
-SwiGLU recompute on CUDA (their price is in benchmarks/RESULTS.md, "GPU speed and memory").
+SwiGLU recompute and the LoRA branch in the base's dtype on CUDA (their price is in
+benchmarks/RESULTS.md, "GPU speed and memory" and "Fused kernels for the LoRA step").
 
 - The LoRA branch in the base's dtype (`lora_dtype="base"`). mlx-lm's LoRALinear multiplies the
   dropped input by the float32 adapters, so with a bf16 base that input is promoted and kept in
   float32 for the backward. PyTorch's autocast runs PEFT's LoRA in
   bf16; "base" does the same: the adapters are cast to the input's dtype inside the step, and they,
   their gradients and the optimizer's state stay float32. With a float32 base it changes nothing.
+  "auto" (the default): "base" on CUDA, float32 elsewhere.
 - SwiGLU recomputed (`recompute_swiglu=True`): silu(gate) * up inside mx.checkpoint, so the backward
   keeps gate and up and recomputes the sigmoid and the product. None (the default): on CUDA, where
   it was measured to cost no speed, for the models that have a SwiGLU MLP.
@@ -28,7 +30,7 @@ import mlx.nn as nn
 from ..errors import UserError
 from . import backend, kernels
 
-LORA_DTYPES = ("float32", "base")
+LORA_DTYPES = ("auto", "float32", "base")
 
 
 def _lora_in_input_dtype(self, x: mx.array) -> mx.array:
@@ -57,6 +59,13 @@ def _swiglu_module(model: nn.Module):
     return module if callable(getattr(module, "swiglu", None)) else None
 
 
+def lora_dtype_here(lora_dtype: str) -> str:
+    """The LoRA branch's dtype that `lora_dtype` means on this device ("auto": base on CUDA)."""
+    if lora_dtype == "auto":
+        return "base" if backend.backend_name() == "cuda" else "float32"
+    return lora_dtype
+
+
 def check(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: bool | None = False) -> bool:
     """One line, before any work, when a choice does not apply to this model. Returns whether SwiGLU
     is recomputed (`recompute_swiglu` None: on CUDA, if the model has a SwiGLU MLP)."""
@@ -75,6 +84,7 @@ def keep_less(model: nn.Module, lora_dtype: str = "float32", recompute_swiglu: b
               fused_lora: bool = False):
     """While a step is traced, the chosen parts keep less for the backward (see the module's text)."""
     recompute_swiglu = check(model, lora_dtype, recompute_swiglu)
+    lora_dtype = lora_dtype_here(lora_dtype)
     with ExitStack() as stack:
         if lora_dtype == "base" or fused_lora:
             from mlx_lm.tuner.lora import LoRALinear  # here: mlx-lm takes ~2 s to import, the CLI's errors must not
