@@ -17,6 +17,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # spin against each other. Set before any BLAS loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # PyTorch's, for the same reason
+# On CUDA MLX rounds float32 matmuls to TF32 (~1e-3), past the float32 comparisons' tolerances.
+os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 import mlx_reptilora  # noqa: E402,F401  -- first: it preloads OpenBLAS before mlx.core loads
 

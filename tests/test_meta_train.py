@@ -351,6 +351,7 @@ def test_micro_batch_fits_the_free_memory(tiny, monkeypatch):
     assert inner.fit_micro_batch(5, free=int(1e12))[0] == 8 and inner.fit_micro_batch(1)[0] == 1
     assert memory.probe(inner, 2, 128, True) > two  # a Hessian-vector product holds more than a gradient
     # micro_batch None: measured where measures() (a GPU), said once; a CPU takes CPU_MICRO_BATCH
+    monkeypatch.setattr(memory, "measures", lambda: False)  # the CPU's rule, on CUDA too
     assert InnerLoop(tiny.model, InnerConfig(micro_batch=None), [64, 128], rows=8).cfg.micro_batch == 4
     monkeypatch.setattr(memory, "measures", lambda: True)
     monkeypatch.setattr(memory, "free_memory", lambda: int(1e12))
