@@ -383,7 +383,10 @@ def test_derived_memory_limit_is_the_largest_need_and_changes_no_number(tiny, ow
         mx.random.seed(3)
         grads[mode] = inner.gradient(rows)[1]
         assert memory.derived_limit() is None if mode == "none" else memory.derived_limit() > 0
-    assert all(mx.array_equal(grads["none"][k], grads["need"][k]) for k in grads["none"])
+    if backend.backend_name() == "cuda":  # whose backward is not deterministic (benchmarks/RESULTS.md, #27)
+        assert_close(grads["need"], grads["none"], rel=1e-2)
+    else:
+        assert all(mx.array_equal(grads["none"][k], grads["need"][k]) for k in grads["none"])
     need = memory.derived_limit()
     assert mx.get_memory_limit() == need < ceiling
     assert memory.free_memory() >= ceiling - mx.get_active_memory() - 1  # a throttle, not what fits a micro-batch
