@@ -274,14 +274,14 @@ def test_a_resumed_run_keeps_the_step_settings_it_started_with(tiny_dir, finishe
     from mlx_reptilora.meta import run_folder, train
 
     meta = json.loads((finished / "meta.json").read_text())
-    meta["config"].update(recompute_swiglu=True, quantized_matmul="dense")
+    meta["config"].update(recompute_swiglu=True, quantized_matmul="dense", lora_dtype="base")
     (finished / "meta.json").write_text(json.dumps(meta))
     given = []
     real = train.prepare
     monkeypatch.setattr(train, "prepare", lambda cfg, *a: given.append(cfg) or real(cfg, *a))
     r = cli(*meta_args(tiny_dir, "--resume", "--memory-limit", "none", episodes=2), "--out", finished)
     assert r.returncode == 0, r.stderr
-    assert (given[0].recompute_swiglu, given[0].quantized_matmul) == (True, "dense")
+    assert (given[0].recompute_swiglu, given[0].quantized_matmul, given[0].lora_dtype) == (True, "dense", "base")
     fails_in_one_line(cli(*meta_args(tiny_dir, "--resume", "--quantized-matmul", "kernel", episodes=3), "--out",
                           finished), "different settings than the run in")
     for k in run_folder.DEVICE_DEFAULTS:
