@@ -12,13 +12,19 @@ from tests.conftest import assert_close
 from mlx_reptilora.model import activations, adapters, models
 
 
-def adapted(tiny_dir, dtype=None, dropout=0.0, **cfg):
+def loop(tiny_dir, dtype=None, dropout=0.0, **cfg):
+    """The tiny model with LoRA (attach's own seed: the same A every time), four pydoc rows, and an
+    inner loop over them."""
     base = models.load(str(tiny_dir), dtype=dtype, verbose=False)
     adapters.attach(base.model, adapters.LoraConfig(rank=4, dropout=dropout))
     fmt = prompts.PromptFormat.for_tokenizer(base.tokenizer)
     exs = prompts.tokenize(fmt, base.tokenizer, tasks.load("pydoc").splits["train"][:4], 128)
     mx.random.seed(0)
-    inner = InnerLoop(base.model, InnerConfig(steps=2, micro_batch=2, **cfg), [64, 128])
+    return InnerLoop(base.model, InnerConfig(micro_batch=2, **cfg), [64, 128]), exs
+
+
+def adapted(tiny_dir, dtype=None, dropout=0.0, **cfg):
+    inner, exs = loop(tiny_dir, dtype, dropout, steps=2, **cfg)
     return inner.adapt(exs), inner.weights()
 
 
@@ -32,12 +38,7 @@ def test_on_a_float32_base_the_step_is_unchanged(tiny_dir, choice):
 
 
 def hvps(tiny_dir, dtype=None, **choices):
-    base = models.load(str(tiny_dir), dtype=dtype, verbose=False)
-    mx.random.seed(0)  # the same A every time
-    adapters.attach(base.model, adapters.LoraConfig(rank=4, dropout=0.0))
-    exs = prompts.tokenize(prompts.PromptFormat.for_tokenizer(base.tokenizer), base.tokenizer,
-                           tasks.load("pydoc").splits["train"][:4], 128)
-    inner = InnerLoop(base.model, InnerConfig(micro_batch=2, **choices), [64, 128])
+    inner, exs = loop(tiny_dir, dtype, **choices)
     return inner.hvp(exs, {k: mx.full(v.shape, 0.01) for k, v in inner.weights().items()})
 
 
